@@ -1,0 +1,36 @@
+"""Datasets for fntrain: loaders, splits and resumable batch iterators.
+
+All arrays are numpy; JAX is used only for PRNG-driven permutations.
+"""
+
+from fntrain.data.errors import DataError
+from fntrain.data.iterator import BatchIterator, IteratorState, eval_batches
+from fntrain.data.sources import (
+    Arrays,
+    load_csv,
+    load_digits,
+    load_idx,
+    load_npz,
+    make_classification,
+    make_regression,
+    read_idx,
+)
+from fntrain.data.splits import Splits, split_arrays, standardize
+
+__all__ = [
+    "Arrays",
+    "BatchIterator",
+    "DataError",
+    "IteratorState",
+    "Splits",
+    "eval_batches",
+    "load_csv",
+    "load_digits",
+    "load_idx",
+    "load_npz",
+    "make_classification",
+    "make_regression",
+    "read_idx",
+    "split_arrays",
+    "standardize",
+]

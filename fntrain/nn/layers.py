@@ -1,0 +1,298 @@
+"""Layers: each constructor returns a :class:`~fntrain.nn.core.Module`.
+
+Parameters take the dtype of a floating-point input (so float64 inputs give
+float64 parameters, as gradient checks want) and float32 otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fntrain.nn import initializers
+from fntrain.nn.core import Module, stateless
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _param_dtype(x):
+    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+
+
+def _pair(v: IntOrPair, what: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or any(not isinstance(n, int) or n < 1 for n in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    return pair
+
+
+def _check_padding(padding: str) -> str:
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding
+
+
+def _require_rank(layer: str, x, rank: int, layout: str):
+    if len(x.shape) != rank:
+        raise ValueError(
+            f"{layer} expects inputs of rank {rank} ({layout}), got shape {tuple(x.shape)}; "
+            "for images add a channel axis, e.g. x[..., None]."
+        )
+
+
+# --------------------------------------------------------------------------- dense / conv
+
+
+def dense(
+    features: int,
+    *,
+    use_bias: bool = True,
+    w_init: initializers.InitializerLike = "lecun_normal",
+    b_init: initializers.InitializerLike = "zeros",
+) -> Module:
+    """Affine map on the last axis: ``y = x @ w + b``.
+
+    Shapes: ``x: [..., in]`` -> ``y: [..., features]``; ``w: [in, features]``, ``b: [features]``.
+    """
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def init(key, x):
+        dtype = _param_dtype(x)
+        params = {"w": w_init(key, (x.shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        y = x @ params["w"]
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Module(init, apply, "dense")
+
+
+def conv2d(
+    features: int,
+    kernel_size: IntOrPair = 3,
+    *,
+    strides: IntOrPair = 1,
+    padding: str = "SAME",
+    use_bias: bool = True,
+    w_init: initializers.InitializerLike = "he_normal",
+    b_init: initializers.InitializerLike = "zeros",
+) -> Module:
+    """2-D convolution (cross-correlation) over NHWC images.
+
+    Shapes: ``x: [N, H, W, C]`` -> ``y: [N, H', W', features]``; ``w: [kh, kw, C, features]``.
+    With ``"SAME"`` padding ``H' = ceil(H / stride)``; with ``"VALID"``
+    ``H' = ceil((H - kh + 1) / stride)``.
+    """
+    kernel, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
+    padding = _check_padding(padding)
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def init(key, x):
+        _require_rank("conv2d", x, 4, "[N, H, W, C]")
+        dtype = _param_dtype(x)
+        params = {"w": w_init(key, (*kernel, x.shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        y = lax.conv_general_dilated(
+            x, params["w"], window_strides=stride, padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Module(init, apply, "conv2d")
+
+
+# --------------------------------------------------------------------------- pooling / reshape
+
+
+def _pool(name: str, window: IntOrPair, strides: IntOrPair | None, padding: str) -> tuple:
+    window = _pair(window, f"{name} window")
+    strides = window if strides is None else _pair(strides, f"{name} strides")
+    return (1, *window, 1), (1, *strides, 1), _check_padding(padding)
+
+
+def max_pool(window: IntOrPair = 2, *, strides: IntOrPair | None = None, padding: str = "VALID") -> Module:
+    """Max over ``window`` patches of NHWC images; ``strides`` defaults to ``window``."""
+    dims, steps, padding = _pool("max_pool", window, strides, padding)
+
+    def fn(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, padding)
+
+    return stateless(fn, "max_pool")
+
+
+def avg_pool(window: IntOrPair = 2, *, strides: IntOrPair | None = None, padding: str = "VALID") -> Module:
+    """Mean over ``window`` patches of NHWC images; ``strides`` defaults to ``window``.
+
+    With ``"SAME"`` padding, border windows average only the real (unpadded) pixels.
+    """
+    dims, steps, padding = _pool("avg_pool", window, strides, padding)
+
+    def fn(x):
+        total = lax.reduce_window(x, 0.0, lax.add, dims, steps, padding)
+        if padding == "VALID":
+            return total / (dims[1] * dims[2])
+        count = lax.reduce_window(jnp.ones(x.shape[1:3], x.dtype), 0.0, lax.add, dims[1:3], steps[1:3], padding)
+        return total / count[None, :, :, None]
+
+    return stateless(fn, "avg_pool")
+
+
+def global_avg_pool() -> Module:
+    """Mean over the spatial axes: ``[N, H, W, C] -> [N, C]``."""
+    return stateless(lambda x: jnp.mean(x, axis=(1, 2)), "global_avg_pool")
+
+
+# Flattens all but the batch axis: [N, ...] -> [N, prod(...)].
+flatten = stateless(lambda x: jnp.reshape(x, (x.shape[0], -1)), "flatten")
+
+
+# --------------------------------------------------------------------------- regularisation
+
+
+def dropout(rate: float) -> Module:
+    """Zeroes each element with probability ``rate`` in training and scales the rest by ``1 / (1 - rate)``.
+
+    In evaluation (``train=False``) it is the identity. In training it needs
+    ``key``; the same key gives the same mask.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate is the probability of dropping and must be in [0, 1), got {rate}")
+
+    def init(key, x):
+        return {}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise ValueError(
+                "dropout(train=True) needs a PRNG key: call net.apply(params, state, x, train=True, "
+                "key=jax.random.key(...)), or pass train=False for evaluation."
+            )
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
+
+    return Module(init, apply, "dropout")
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def layer_norm(*, eps: float = 1e-5, use_scale: bool = True, use_offset: bool = True) -> Module:
+    """Normalises the last axis to mean 0 and variance 1, then scales and offsets it.
+
+    Shapes: ``x: [..., F]``; ``scale, offset: [F]``.
+    """
+
+    def init(key, x):
+        dtype, f = _param_dtype(x), x.shape[-1]
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones((f,), dtype)
+        if use_offset:
+            params["offset"] = jnp.zeros((f,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + eps)
+        if use_scale:
+            y = y * params["scale"]
+        if use_offset:
+            y = y + params["offset"]
+        return y, state
+
+    return Module(init, apply, "layer_norm")
+
+
+def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5) -> Module:
+    """Batch normalisation over all axes but the last (features).
+
+    In training it normalises with the batch's mean and (biased) variance and
+    updates the running statistics in ``state``::
+
+        mean <- momentum * mean + (1 - momentum) * batch_mean
+        var  <- momentum * var  + (1 - momentum) * batch_var
+
+    In evaluation it normalises with the running statistics and leaves them.
+
+    Shapes: ``x: [..., F]``; params ``scale, offset: [F]``; state ``mean, var: [F]``.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"batch_norm momentum must be in [0, 1), got {momentum}")
+
+    def init(key, x):
+        dtype, f = _param_dtype(x), x.shape[-1]
+        params = {"scale": jnp.ones((f,), dtype), "offset": jnp.zeros((f,), dtype)}
+        state = {"mean": jnp.zeros((f,), dtype), "var": jnp.ones((f,), dtype)}
+        return params, state
+
+    def apply(params, state, x, *, train=False, key=None):
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            state = {
+                "mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
+                "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var),
+            }
+        else:
+            mean, var = state["mean"], state["var"]
+        y = (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        return y, state
+
+    return Module(init, apply, "batch_norm")
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def embedding(
+    vocab_size: int, features: int, *, w_init: initializers.InitializerLike = initializers.normal(1.0)
+) -> Module:
+    """Looks up integer ids: ``x: [...] int`` -> ``[..., features]``; ``table: [vocab_size, features]``."""
+    w_init = initializers.get(w_init)
+
+    def init(key, x):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"embedding expects integer token ids, got dtype {x.dtype}")
+        return {"table": w_init(key, (vocab_size, features), jnp.float32)}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        return jnp.take(params["table"], x, axis=0), state
+
+    return Module(init, apply, "embedding")
+
+
+# --------------------------------------------------------------------------- activations
+
+relu = stateless(jax.nn.relu, "relu")
+gelu = stateless(jax.nn.gelu, "gelu")
+tanh = stateless(jnp.tanh, "tanh")
+sigmoid = stateless(jax.nn.sigmoid, "sigmoid")
+softplus = stateless(jax.nn.softplus, "softplus")
+identity = stateless(lambda x: x, "identity")
+
+ACTIVATIONS = {m.name: m for m in (relu, gelu, tanh, sigmoid, softplus, identity)}
+
+
+def activation(name: str) -> Module:
+    """The activation layer called ``name`` (one of ``ACTIVATIONS``)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None

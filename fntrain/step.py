@@ -1,0 +1,122 @@
+"""The jitted train and eval steps, and the ``loss_fn`` protocol they share.
+
+A ``loss_fn`` has the signature::
+
+    loss_fn(params, model_state, batch, key) -> (loss, (new_model_state, metrics))
+
+``key`` is a PRNG key in training and ``None`` in evaluation, which is how a
+network learns whether it is training (dropout on, batch statistics used).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import optax
+from jax import lax
+
+from fntrain import losses as losses_lib
+from fntrain import metrics as metrics_lib
+from fntrain.nn.core import Module
+from fntrain.state import TrainState
+
+LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict]]]
+MetricFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _default_metrics(loss: Callable) -> dict[str, MetricFn]:
+    base = getattr(loss, "func", loss)  # see through functools.partial
+    if base is losses_lib.softmax_cross_entropy:
+        return {"accuracy": metrics_lib.accuracy}
+    if base is losses_lib.sigmoid_binary_cross_entropy:
+        return {"accuracy": metrics_lib.binary_accuracy}
+    return {}
+
+
+def supervised_loss(
+    net: Module, loss: Callable, *, metric_fns: Optional[Mapping[str, MetricFn]] = None
+) -> LossFn:
+    """Turns a network and a loss into a ``loss_fn`` over ``(inputs, targets)`` batches.
+
+    Args:
+      net: the network; ``net.apply`` runs with ``train=key is not None``.
+      loss: ``loss(outputs, targets) -> scalar``, e.g. ``fntrain.losses.softmax_cross_entropy``.
+      metric_fns: extra metrics ``{name: fn(outputs, targets)}``; by default accuracy for
+        the classification losses and nothing for the others.
+
+    Returns:
+      ``loss_fn(params, model_state, (x, y), key) -> (loss, (new_model_state, metrics))``.
+    """
+    metric_fns = dict(_default_metrics(loss) if metric_fns is None else metric_fns)
+
+    def loss_fn(params, model_state, batch, key):
+        x, y = batch
+        outputs, model_state = net.apply(params, model_state, x, train=key is not None, key=key)
+        value = loss(outputs, y)
+        return value, (model_state, {name: fn(outputs, y) for name, fn in metric_fns.items()})
+
+    return loss_fn
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps_per_dispatch: int = 1,
+    donate: bool = True,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Returns a jitted ``step(train_state, batch) -> (train_state, metrics)``.
+
+    Each update draws ``key = fold_in(train_state.key, train_state.step)``,
+    computes ``loss, grads = value_and_grad(loss_fn)``, and applies the optax update.
+    ``metrics`` holds the ``loss_fn``'s metrics plus ``loss`` and ``grad_norm`` (the
+    global L2 norm of the gradients), as scalars.
+
+    Args:
+      loss_fn: see the module docstring.
+      optimizer: an optax transformation; it must be the one ``train_state.opt_state`` came from.
+      steps_per_dispatch: ``K > 1`` fuses K updates into one ``lax.scan``: every batch leaf
+        then has a leading axis of K and every metric comes back stacked as ``[K]``.
+      donate: donate the old state's buffers to the new one (the input state is then
+        invalid; keep using the returned one).
+
+    Example:
+      >>> step = make_train_step(supervised_loss(net, losses.softmax_cross_entropy), opt)
+      >>> ts, metrics = step(ts, (x, y))
+    """
+    if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
+        raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
+
+    def one_step(ts: TrainState, batch) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(ts.key, ts.step)
+        (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            ts.params, ts.model_state, batch, key
+        )
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return ts._replace(step=ts.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
+
+    if steps_per_dispatch == 1:
+        step = one_step
+    else:
+
+        def step(ts, batches):
+            return lax.scan(one_step, ts, batches, length=steps_per_dispatch)
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable[[TrainState, Any], dict]:
+    """Returns a jitted ``eval_step(train_state, batch) -> metrics`` (``loss`` included).
+
+    The ``loss_fn`` runs with ``key=None`` (evaluation mode) and its new model state
+    is discarded, so evaluation never changes running statistics.
+    """
+
+    def eval_step(ts: TrainState, batch) -> dict:
+        loss, (_, metrics) = loss_fn(ts.params, ts.model_state, batch, None)
+        return {**metrics, "loss": loss}
+
+    return jax.jit(eval_step)
