@@ -306,8 +306,8 @@ def test_standardize_uses_train_stats():
     assert tx.dtype == np.float32
     np.testing.assert_allclose(tx[:, :3].mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(tx[:, :3].std(0), 1.0, atol=1e-5)
-    # Constant feature: std floored at eps, output 0 not nan/inf.
-    assert std[3] == pytest.approx(1e-6) and np.all(out.train.x[:, 3] == 0.0)
+    # Constant feature: centred but not scaled, so it is 0 in train and stays finite elsewhere.
+    assert std[3] == 1.0 and np.all(out.train.x[:, 3] == 0.0)
     # val uses train statistics, not its own.
     expected_val = (s.val.x.astype(np.float64) - s.train.x.mean(0, dtype=np.float64)) / std
     np.testing.assert_allclose(out.val.x, expected_val, rtol=1e-4, atol=1e-4)

@@ -87,7 +87,7 @@ def standardize(
 
     Args:
         splits: Splits whose x arrays are [N, ...] with matching feature shapes.
-        eps: floor for the std so constant features map to 0 instead of inf.
+        eps: stds below this count as constant features, which are centred but not scaled.
 
     Returns:
         (standardized splits, (mean, std)) with mean/std: [...] float32 (the
@@ -95,7 +95,10 @@ def standardize(
     """
     train_x = np.asarray(splits.train.x, dtype=np.float64)
     mean = train_x.mean(axis=0)
-    std = np.maximum(train_x.std(axis=0), eps)
+    # A feature constant in training is only centred: dividing by ~0 would blow up
+    # whatever it is in val or test (the digits corner pixels are such features).
+    std = train_x.std(axis=0)
+    std = np.where(std < eps, 1.0, std)
 
     def apply(a: Arrays | None) -> Arrays | None:
         if a is None:

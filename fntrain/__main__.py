@@ -1,0 +1,5 @@
+import sys
+
+from fntrain.cli import main
+
+sys.exit(main())

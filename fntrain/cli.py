@@ -1,0 +1,111 @@
+"""The ``fntrain`` command: ``train``, ``eval``.
+
+Exit codes: 0 success; 2 a bad config, override, file or data (one ``error:`` line
+on stderr, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other fntrain error, instead of argparse's usage block.
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fntrain", description="Train JAX networks from YAML configs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval}", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a config", description="Train the network a YAML config describes.")
+    train.add_argument("config", help="the YAML config file")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.learning_rate=3e-4")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in output_dir")
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a trained run", description="Evaluate a run's final parameters on val and test."
+    )
+    evaluate.add_argument("config", help="the YAML config the run was trained with")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
+    evaluate.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def _train(args) -> int:
+    from fntrain.loop import train
+
+    config = _load(args)
+    if config is None:
+        return 0
+    train(config, overwrite=args.overwrite)
+    return 0
+
+
+def _eval(args) -> int:
+    from fntrain.loop import build_experiment, evaluate
+    from fntrain.rundir import RunDir
+    from fntrain.state import TrainState
+    from fntrain.step import make_eval_step
+
+    config = _load(args)
+    if config is None:
+        return 0
+    exp = build_experiment(config)
+    params, model_state = RunDir(config.output_dir).load_params(exp.params, exp.model_state)
+    ts = TrainState(step=None, params=params, model_state=model_state, opt_state=None, key=exp.keys["step"])
+    eval_step = make_eval_step(exp.loss_fn)
+    batch_size = config.data.eval_batch_size or 4 * config.data.batch_size
+    results = {}
+    for split in ("val", "test"):
+        arrays = getattr(exp.splits, split)
+        if arrays is not None:
+            results[split] = evaluate(eval_step, ts, arrays, batch_size)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _load(args):
+    from fntrain.config import dump_config, load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fntrain`` console script; returns the exit code."""
+    parser = _parser()
+    # Overrides may come after options (`train c.yaml --overwrite seed=1`): collect the stragglers.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
+    # Let `module.path:function` names in a config find modules in the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    from fntrain.data import DataError
+    from fntrain.errors import ConfigError
+
+    try:
+        return {"train": _train, "eval": _eval}[args.command](args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The run directory: resolved config, metrics log, summary and final parameters.
+
+Every whole-file write goes to a temporary file first and is renamed into place,
+so a crash never leaves a half-written ``summary.json`` or ``params.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fntrain import config as cfg
+from fntrain.errors import ConfigError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+PARAMS = "params.npz"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, PARAMS)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flatten_tree(tree, prefix: str) -> dict[str, np.ndarray]:
+    """``{"dense_0": {"w": a}}`` -> ``{"<prefix>/dense_0/w": a}``."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        flat["/".join([prefix, *keys])] = np.asarray(leaf)
+    return flat
+
+
+def unflatten_like(template, arrays: dict[str, np.ndarray], prefix: str, source: str):
+    """The inverse of ``flatten_tree``, checked against ``template``'s keys and shapes."""
+    expected = flatten_tree(jax.tree.map(lambda a: np.zeros((0,)), template), prefix)
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise ConfigError(f"{source}: no array for parameter {missing[0]!r}; the file was written by another model")
+    leaves = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(template):
+        name = "/".join([prefix, *[str(getattr(k, "key", getattr(k, "idx", k))) for k in path]])
+        array = arrays[name]
+        if array.shape != tuple(leaf.shape):
+            raise ConfigError(
+                f"{source}: parameter {name!r} has shape {array.shape} but the model expects {tuple(leaf.shape)}"
+            )
+        leaves.append(array.astype(leaf.dtype))
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)
+
+
+class RunDir:
+    """Writes one run's outputs under ``path``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, config: cfg.Config, *, overwrite: bool = False) -> "RunDir":
+        """Makes the directory and writes the resolved config.
+
+        Raises:
+          ConfigError: ``path`` already holds a run and ``overwrite`` is false.
+        """
+        run = cls(path)
+        existing = [name for name in RUN_FILES if (run.path / name).exists()]
+        if existing and not overwrite:
+            raise ConfigError(
+                f"output_dir {str(run.path)!r} already holds a run ({', '.join(existing)}); "
+                "pass --overwrite to replace it or set output_dir=<another directory>"
+            )
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output_dir {str(run.path)!r}: {e.strerror}") from None
+        for name in existing:
+            (run.path / name).unlink()
+        atomic_write(run.path / CONFIG, cfg.dump_config(config).encode())
+        return run
+
+    def log(self, step: int, split: str, values: dict[str, Any]) -> None:
+        """Appends one line ``{"step", "split", **values}`` to ``metrics.jsonl``."""
+        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write(self.path / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+
+    def save_params(self, params, model_state) -> None:
+        """Saves parameters and model state as ``.npz`` (plain arrays, no pickle)."""
+        arrays = {**flatten_tree(params, "params"), **flatten_tree(model_state, "model_state")}
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{PARAMS}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / PARAMS)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_params(self, params_template, state_template):
+        """Loads ``params.npz`` into the structure of the templates (shapes checked)."""
+        path = self.path / PARAMS
+        if not path.exists():
+            raise ConfigError(f"{str(path)!r} does not exist; train the config first (fntrain train ...)")
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        params = unflatten_like(params_template, arrays, "params", str(path))
+        state = unflatten_like(state_template, arrays, "model_state", str(path))
+        return params, state
+
+
+def _plain(value):
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+        return np.asarray(value).item()
+    return value
