@@ -488,3 +488,64 @@ def config_to_dict(config: Config) -> dict:
 def dump_config(config: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _type_name(annotation) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}"
+    if annotation is type(None):
+        return "null"
+    if annotation is tuple:
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _rows(prefix: str, section: type[BaseModel], skip=()) -> list[str]:
+    rows = []
+    fields = sorted(section.model_fields.items(), key=lambda kv: kv[0] != "name")
+    for name, field in fields:
+        if name in skip:
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _rows(f"{prefix}{name}.", ann)
+            continue
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.default
+            default = "`{}`" if name == "kwargs" else "`null`" if value is None else f"`{list(value) if isinstance(value, tuple) else value}`"
+        rows.append(f"| `{prefix}{name}` | {_type_name(ann)} | {default} | {field.description or ''} |")
+    return rows
+
+
+def reference_markdown() -> str:
+    """Every config key with its type, default and meaning, as Markdown tables."""
+    head = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def table(rows):
+        return "\n".join(head + rows) + "\n"
+
+    out = ["#### Top level\n", table(_rows("", Config, skip=("data", "model", "loss", "optimizer", "loop", "log")))]
+    for name in ("loss", "optimizer", "loop", "log"):
+        out += [f"#### `{name}`\n", table(_rows(f"{name}.", Config.model_fields[name].annotation))]
+    out += ["#### `data`: every source\n", table(_rows("data.", _DataCommon))]
+    common = set(_DataCommon.model_fields)
+    for tag, cls in {**_DATA, "<module.path:function>": CustomData}.items():
+        out += [f"#### `data.name: {tag}`\n", table(_rows("data.", cls, skip=common))]
+    for tag, cls in {**_MODELS, "<module.path:function>": CustomModel}.items():
+        out += [f"#### `model.name: {tag}`\n", table(_rows("model.", cls))]
+    return "\n".join(out)
