@@ -1,7 +1,9 @@
 """The ``fntrain`` command: ``train``, ``eval``.
 
 Exit codes: 0 success; 2 a bad config, override, file or data (one ``error:`` line
-on stderr, no traceback); 130 interrupted.
+on stderr, no traceback); 3 the loss became NaN/inf (``loop.on_nonfinite: stop``; the
+last good checkpoint is kept); 128 + N stopped by signal N after writing a checkpoint
+(143 for SIGTERM, 130 for SIGINT; resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.learning_rate=3e-4")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in output_dir")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest complete checkpoint in output_dir, if any"
+    )
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run", description="Evaluate a run's final parameters on val and test."
@@ -45,7 +50,7 @@ def _train(args) -> int:
     config = _load(args)
     if config is None:
         return 0
-    train(config, overwrite=args.overwrite)
+    train(config, overwrite=args.overwrite, resume=True if args.resume else None)
     return 0
 
 
@@ -96,12 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     from fntrain.data import DataError
     from fntrain.errors import ConfigError
+    from fntrain.loop import Interrupted, NonFiniteError
 
     try:
         return {"train": _train, "eval": _eval}[args.command](args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (NonFiniteError, Interrupted) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

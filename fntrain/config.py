@@ -287,6 +287,11 @@ class LoopConfig(_Section):
     num_steps: Optional[PositiveInt] = Field(None, description="kind steps: training steps over the repeating stream.")
     eval_every_epochs: Optional[PositiveInt] = Field(1, description="kind epochs: evaluate on val every N epochs; null: only at the end.")
     eval_every_steps: Optional[PositiveInt] = Field(None, description="Evaluate on val every N steps (either kind); null: off.")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A non-finite loss or gradient: stop (exit 3, last good checkpoint kept) or skip that "
+        "update and count it (`nonfinite` in metrics.jsonl).",
+    )
 
     @model_validator(mode="after")
     def _length_given(self):
@@ -304,6 +309,27 @@ class LogConfig(_Section):
     )
 
 
+class CheckpointConfig(_Section):
+    every_steps: Optional[PositiveInt] = Field(
+        1000, description="Checkpoint every N steps (also at the end, on early stop and on SIGTERM/SIGINT); null: only then."
+    )
+    keep: PositiveInt = Field(3, description="How many of the latest checkpoints to keep.")
+    keep_best: bool = Field(
+        False, description="Also keep the checkpoint with the best validation `early_stopping.metric` (on when patience is set)."
+    )
+    resume: bool = Field(False, description="Resume from the latest checkpoint in output_dir if there is one (like --resume).")
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("loss", description="Validation metric to watch (also for checkpoint.keep_best).")
+    mode: Literal["min", "max"] = Field("min", description="Whether smaller or larger `metric` is better.")
+    patience: Optional[PositiveInt] = Field(None, description="Stop after N evaluations without improvement; null: never stop early.")
+    min_delta: Annotated[float, Field(ge=0)] = Field(0.0, description="Smallest change that counts as an improvement.")
+    restore_best: bool = Field(
+        True, description="With patience or keep_best: end with the best parameters (test metrics and params.npz use them)."
+    )
+
+
 class Config(_Section):
     seed: int = Field(0, description="Seed of every random choice: initialisation, splits, shuffling, dropout.")
     output_dir: str = Field(description="Run directory; null in a file: `runs/<config file name>`.")
@@ -313,6 +339,8 @@ class Config(_Section):
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="Optimizer and schedule.")
     loop: LoopConfig = Field(description="The outer loop.")
     log: LogConfig = Field(LogConfig(), description="Logging.")
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and resuming.")
+    early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(), description="Early stopping on a validation metric.")
 
 
 _UNION_TAGS |= set(_DATA) | set(_MODELS)
@@ -539,8 +567,9 @@ def reference_markdown() -> str:
     def table(rows):
         return "\n".join(head + rows) + "\n"
 
-    out = ["#### Top level\n", table(_rows("", Config, skip=("data", "model", "loss", "optimizer", "loop", "log")))]
-    for name in ("loss", "optimizer", "loop", "log"):
+    sections = ("loss", "optimizer", "loop", "log", "checkpoint", "early_stopping")
+    out = ["#### Top level\n", table(_rows("", Config, skip=("data", "model", *sections)))]
+    for name in sections:
         out += [f"#### `{name}`\n", table(_rows(f"{name}.", Config.model_fields[name].annotation))]
     out += ["#### `data`: every source\n", table(_rows("data.", _DataCommon))]
     common = set(_DataCommon.model_fields)

@@ -1,10 +1,21 @@
-"""The outer loop: config in, a trained ``TrainState`` and a run directory out."""
+"""The outer loop: config in, a trained ``TrainState`` and a run directory out.
+
+The loop is resumable at any step: everything it carries from one step to the
+next (train state, data position, the unfinished log window, early-stopping
+bookkeeping) goes into each checkpoint, so a resumed run continues exactly as
+an uninterrupted one would, bit for bit.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
+import threading
 import time
-from typing import Any, NamedTuple, TextIO
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -14,18 +25,21 @@ from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
+from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.errors import ConfigError
 from fntrain.progress import Progress
 from fntrain.rundir import RunDir
 from fntrain.state import TrainState
 from fntrain.step import make_eval_step, make_train_step, supervised_loss
 
+EXIT_NONFINITE = 3
+
 
 class TrainResult(NamedTuple):
     """What ``train`` returns.
 
     Attributes:
-      state: the final ``TrainState``.
+      state: the final ``TrainState`` (the best one when early stopping restores it).
       metrics: final metrics per split, e.g. ``{"val": {"loss": ..., "accuracy": ...}}``.
       summary: the contents of ``summary.json``.
       output_dir: the run directory.
@@ -35,6 +49,20 @@ class TrainResult(NamedTuple):
     metrics: dict[str, dict[str, float]]
     summary: dict[str, Any]
     output_dir: str
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradients became NaN or infinite (``loop.on_nonfinite: stop``)."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived; a checkpoint of the current step was written first."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class Experiment(NamedTuple):
@@ -87,13 +115,124 @@ def evaluate(eval_step, ts: TrainState, arrays: data_lib.Arrays, batch_size: int
     return {k: float(v) / count for k, v in jax.device_get(totals).items()}
 
 
-def _mean_metrics(window: list[dict]) -> dict[str, float]:
-    stacked = jax.device_get(jax.tree.map(lambda *ms: jnp.mean(jnp.stack(ms)), *window))
-    return {k: float(v) for k, v in stacked.items()}
+# --------------------------------------------------------------------------- host-side loop state
 
 
-def train(config: cfg.Config, *, overwrite: bool = False, stream: TextIO | None = None) -> TrainResult:
+@dataclasses.dataclass
+class LoopState:
+    """What the loop carries between steps besides the ``TrainState``; saved in each checkpoint.
+
+    Attributes:
+      step: steps done.
+      data_position: the training iterator's next ``(epoch, offset)``.
+      window: per-step metrics since the last log line (device scalars).
+      best_step, best_metrics: the evaluation with the best ``early_stopping.metric`` so far.
+      evals_without_improvement: evaluations since ``best_step``.
+      nonfinite_steps: updates skipped as non-finite (``on_nonfinite: skip``).
+      final: the latest metrics per split, for the summary.
+    """
+
+    step: int = 0
+    data_position: data_lib.IteratorState = data_lib.IteratorState()
+    window: list = dataclasses.field(default_factory=list)
+    best_step: Optional[int] = None
+    best_metrics: Optional[dict] = None
+    evals_without_improvement: int = 0
+    nonfinite_steps: int = 0
+    final: dict = dataclasses.field(default_factory=dict)
+
+    def to_meta(self, params) -> dict:
+        window = jax.device_get(self.window)
+        return {
+            "step": self.step,
+            "data_position": self.data_position.to_dict(),
+            "window": {k: {"dtype": str(np.asarray(window[0][k]).dtype), "values": [np.asarray(m[k]).item() for m in window]}
+                       for k in (window[0] if window else {})},
+            "best_step": self.best_step,
+            "best_metrics": self.best_metrics,
+            "evals_without_improvement": self.evals_without_improvement,
+            "nonfinite_steps": self.nonfinite_steps,
+            "final": self.final,
+            "param_shapes": param_shapes(params),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "LoopState":
+        columns = meta["window"]
+        length = len(next(iter(columns.values()))["values"]) if columns else 0
+        window = [{k: jnp.asarray(c["values"][i], dtype=c["dtype"]) for k, c in columns.items()} for i in range(length)]
+        return cls(
+            step=meta["step"],
+            data_position=data_lib.IteratorState.from_dict(meta["data_position"]),
+            window=window,
+            best_step=meta["best_step"],
+            best_metrics=meta["best_metrics"],
+            evals_without_improvement=meta["evals_without_improvement"],
+            nonfinite_steps=meta["nonfinite_steps"],
+            final=meta["final"],
+        )
+
+
+def _window_means(window: list[dict]) -> dict[str, float]:
+    """Means over the window (``nonfinite`` is summed); the one host sync between evaluations."""
+    stacked = jax.device_get({k: jnp.stack([m[k] for m in window]) for k in window[0]})
+    return {k: float(v.sum() if k == "nonfinite" else v.mean()) for k, v in stacked.items()}
+
+
+def _window_nonfinite(window: list[dict]) -> int:
+    return int(jnp.sum(jnp.stack([m["nonfinite"] for m in window]))) if window else 0
+
+
+class _SignalGuard:
+    """Turns the first SIGTERM/SIGINT into a flag the loop checks after each step; a second exits at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, stream: TextIO):
+        self.received: Optional[int] = None
+        self.stream = stream
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            print(f"\nsecond {signal.Signals(signum).name}: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+            "(send it again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    config: cfg.Config,
+    *,
+    overwrite: bool = False,
+    resume: Optional[bool] = None,
+    stream: TextIO | None = None,
+) -> TrainResult:
     """Trains as the config says, writing the run directory; usable from notebooks.
+
+    Args:
+      config: the validated config (``fntrain.load_config``).
+      overwrite: replace a run already in ``output_dir``.
+      resume: continue from the latest checkpoint in ``output_dir`` if there is one;
+        None: ``config.checkpoint.resume``.
+      stream: where progress goes (stdout by default).
 
     Example:
       >>> config = fntrain.load_config("configs/digits_mlp.yaml", ["loop.num_epochs=2"])
@@ -102,82 +241,150 @@ def train(config: cfg.Config, *, overwrite: bool = False, stream: TextIO | None 
 
     Raises:
       ConfigError: a bad config or data (nothing is written in that case).
+      NonFiniteError: the loss diverged (``loop.on_nonfinite: stop``); the last good
+        checkpoint is intact.
+      Interrupted: SIGTERM/SIGINT; a checkpoint of the current step was written.
     """
     stream = stream or sys.stdout
+    resume = config.checkpoint.resume if resume is None else resume
     exp = build_experiment(config)
-    dc, loop = config.data, config.loop
-    iterator = data_lib.BatchIterator(
-        exp.splits.train, dc.batch_size, key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last
-    )
-    steps_per_epoch = iterator.steps_per_epoch
+    dc, loop, es = config.data, config.loop, config.early_stopping
+    iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
+    steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
     total_steps = loop.num_epochs * steps_per_epoch if loop.kind == "epochs" else loop.num_steps
     optimizer, schedule = builders.build_optimizer(config.optimizer, total_steps)
     eval_batch_size = dc.eval_batch_size or 4 * dc.batch_size
+    track_best = exp.splits.val is not None and (config.checkpoint.keep_best or es.patience is not None)
 
-    run = RunDir.create(config.output_dir, config, overwrite=overwrite)
+    ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
+    run, checkpointer, restored = _open_run(config, ts, overwrite=overwrite, resume=resume)
+    lstate = LoopState() if restored is None else LoopState.from_meta(restored[1])
+    if restored is not None:
+        ts = restored[0]
+        run.truncate_metrics(lstate.step)
+    iterator = data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=lstate.data_position, **iterator_args)
+
     x_example = jax.ShapeDtypeStruct((1, *exp.splits.train.x.shape[1:]), exp.splits.train.x.dtype)
-    print(nn.summary(exp.net, x_example), file=stream, flush=True)
-    print(
+    say = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+    say(nn.summary(exp.net, x_example))
+    say(
         f"data: {exp.splits.train.num_examples} train / "
         f"{exp.splits.val.num_examples if exp.splits.val else 0} val / "
         f"{exp.splits.test.num_examples if exp.splits.test else 0} test examples; "
-        f"{total_steps} steps ({steps_per_epoch} per epoch); output_dir {run.path}",
-        file=stream,
-        flush=True,
+        f"{total_steps} steps ({steps_per_epoch} per epoch); output_dir {run.path}"
     )
+    if restored is not None:
+        say(f"resumed from {checkpointer.latest.directory}/{lstate.step} (step {lstate.step})")
 
-    ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
-    train_step = make_train_step(exp.loss_fn, optimizer)
+    train_step = make_train_step(exp.loss_fn, optimizer, skip_nonfinite=loop.on_nonfinite == "skip")
     eval_step = make_eval_step(exp.loss_fn)
-    progress = Progress(total_steps, config.log.progress, stream)
+    progress = Progress(total_steps, config.log.progress, stream, initial=lstate.step)
 
-    def run_eval(step: int, split: str) -> dict[str, float]:
+    def run_eval(split: str) -> dict[str, float]:
         arrays = exp.splits.val if split == "val" else exp.splits.test
         metrics = evaluate(eval_step, ts, arrays, eval_batch_size)
-        run.log(step, split, {"epoch": step / steps_per_epoch, **metrics})
-        progress.write(f"{split} @ step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        run.log(lstate.step, split, {"epoch": lstate.step / steps_per_epoch, **metrics})
+        progress.write(f"{split} @ step {lstate.step}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        lstate.final[split] = metrics
         return metrics
 
-    final: dict[str, dict[str, float]] = {}
-    window: list[dict] = []
+    def check_finite(first_step: int) -> None:
+        if loop.on_nonfinite == "stop" and _window_nonfinite(lstate.window):
+            last = checkpointer.latest_step()
+            where = f"{checkpointer.latest.directory}/{last} (step {last})" if last is not None else "none was written"
+            raise NonFiniteError(
+                f"the loss or gradients became NaN/inf between steps {first_step} and {lstate.step}; "
+                f"the last good checkpoint is {where}. Lower optimizer.learning_rate, set "
+                "optimizer.clip_grad_norm, or set loop.on_nonfinite=skip"
+            )
+
+    start_step = lstate.step
     window_start, window_examples, examples = time.perf_counter(), 0, 0
-    start = time.perf_counter()
-    eval_seconds = 0.0
-    for step in range(1, total_steps + 1):
-        batch = next(iterator)
-        ts, metrics = train_step(ts, batch)
-        window.append(metrics)
-        window_examples += len(batch[1])
-        progress.advance()
-        if step % config.log.every_steps == 0 or step == total_steps:
-            values = _mean_metrics(window)  # the only host sync between evaluations
-            elapsed = time.perf_counter() - window_start
-            rate = window_examples / max(elapsed, 1e-9)
-            values["learning_rate"] = float(schedule(step - 1))
-            run.log(step, "train", {"epoch": step / steps_per_epoch, **values})
-            progress.report(step, {k: values[k] for k in ("loss", "accuracy") if k in values}, rate)
-            final["train"] = values
-            examples += window_examples
-            window, window_start, window_examples = [], time.perf_counter(), 0
-        epoch_end = loop.kind == "epochs" and step % steps_per_epoch == 0
-        eval_due = (loop.eval_every_steps and step % loop.eval_every_steps == 0) or (
-            epoch_end and loop.eval_every_epochs and (step // steps_per_epoch) % loop.eval_every_epochs == 0
-        )
-        if exp.splits.val is not None and (eval_due or step == total_steps):
-            t = time.perf_counter()
-            final["val"] = run_eval(step, "val")
-            eval_seconds += time.perf_counter() - t
-            window_start += time.perf_counter() - t
+    start, eval_seconds = time.perf_counter(), 0.0
+    stopped_early = False
+    with _SignalGuard(stream) as guard:
+        while lstate.step < total_steps and not stopped_early:
+            batch = next(iterator)
+            ts, metrics = train_step(ts, batch)
+            lstate.step += 1
+            step = lstate.step
+            lstate.window.append(metrics)
+            window_examples += len(batch[1])
+            progress.advance()
+
+            if step % config.log.every_steps == 0 or step == total_steps:
+                check_finite(step - len(lstate.window) + 1)
+                values = _window_means(lstate.window)
+                lstate.nonfinite_steps += int(values.pop("nonfinite"))
+                values["nonfinite_steps"] = lstate.nonfinite_steps
+                values["learning_rate"] = float(schedule(step - 1))
+                rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                run.log(step, "train", {"epoch": step / steps_per_epoch, **values})
+                progress.report(step, {k: values[k] for k in ("loss", "accuracy") if k in values}, rate)
+                lstate.final["train"] = values
+                examples += window_examples
+                lstate.window, window_start, window_examples = [], time.perf_counter(), 0
+
+            epoch_end = loop.kind == "epochs" and step % steps_per_epoch == 0
+            eval_due = (loop.eval_every_steps and step % loop.eval_every_steps == 0) or (
+                epoch_end and loop.eval_every_epochs and (step // steps_per_epoch) % loop.eval_every_epochs == 0
+            )
+            if exp.splits.val is not None and (eval_due or step == total_steps):
+                t = time.perf_counter()
+                metrics = run_eval("val")
+                if es.metric not in metrics:
+                    raise ConfigError(f"early_stopping.metric {es.metric!r} is not among the val metrics {sorted(metrics)}")
+                best = None if lstate.best_metrics is None else lstate.best_metrics[es.metric]
+                sign = 1.0 if es.mode == "min" else -1.0
+                if best is None or sign * (best - metrics[es.metric]) > es.min_delta:
+                    lstate.best_step, lstate.best_metrics, lstate.evals_without_improvement = step, metrics, 0
+                    if track_best:
+                        check_finite(step - len(lstate.window) + 1)
+                        checkpointer.save(ts, lstate.to_meta(ts.params) | {"data_position": iterator.state.to_dict()}, best=True)
+                else:
+                    lstate.evals_without_improvement += 1
+                    stopped_early = es.patience is not None and lstate.evals_without_improvement >= es.patience
+                    if stopped_early:
+                        progress.write(
+                            f"early stopping at step {step}: val {es.metric} has not improved for "
+                            f"{es.patience} evaluations (best {best:.4f} at step {lstate.best_step})"
+                        )
+                eval_seconds += time.perf_counter() - t
+                window_start += time.perf_counter() - t
+
+            every = config.checkpoint.every_steps
+            if (every and step % every == 0) or step == total_steps or stopped_early or guard.received:
+                check_finite(step - len(lstate.window) + 1)
+                lstate.data_position = iterator.state
+                checkpointer.save(ts, lstate.to_meta(ts.params))
+            if guard.received:
+                progress.close()
+                name = signal.Signals(guard.received).name
+                raise Interrupted(
+                    f"stopped by {name} at step {step}; checkpoint written to {checkpointer.latest.directory}/{step}; "
+                    "continue with: fntrain train CONFIG --resume",
+                    guard.received,
+                )
     train_seconds = time.perf_counter() - start - eval_seconds
+
+    if track_best and es.restore_best and lstate.best_step is not None and lstate.best_step != lstate.step:
+        ts, _ = checkpointer.restore_best(ts)
+        lstate.final["val"] = lstate.best_metrics
+        progress.write(f"restored the best parameters (step {lstate.best_step}, val {es.metric} {lstate.best_metrics[es.metric]:.4f})")
     if exp.splits.test is not None:
-        final["test"] = run_eval(total_steps, "test")
+        run_eval("test")
     progress.close()
+    checkpointer.close()
 
     run.save_params(ts.params, ts.model_state)
     summary = {
-        "steps": total_steps,
-        "epochs": total_steps / steps_per_epoch,
-        "final": final,
+        "steps": lstate.step,
+        "epochs": lstate.step / steps_per_epoch,
+        "final": lstate.final,
+        "best": {"step": lstate.best_step, "val": lstate.best_metrics} if lstate.best_step is not None else None,
+        "stopped_early": stopped_early,
+        "nonfinite_steps": lstate.nonfinite_steps,
+        "resumed_from_step": start_step if restored is not None else None,
         "wall_time_s": time.perf_counter() - start,
         "train_time_s": train_seconds,
         "examples_per_second": examples / max(train_seconds, 1e-9),
@@ -185,6 +392,19 @@ def train(config: cfg.Config, *, overwrite: bool = False, stream: TextIO | None 
         "devices": [str(d) for d in jax.devices()],
     }
     run.write_summary(summary)
-    for split, values in final.items():
-        print(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()), file=stream, flush=True)
-    return TrainResult(ts, final, summary, str(run.path))
+    for split, values in lstate.final.items():
+        say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return TrainResult(ts, lstate.final, summary, str(run.path))
+
+
+def _open_run(config: cfg.Config, ts: TrainState, *, overwrite: bool, resume: bool):
+    """Creates the run directory, or reopens it and restores the latest checkpoint when resuming."""
+    path = Path(config.output_dir)
+    if resume and not overwrite and (path / "checkpoints").exists():
+        checkpointer = Checkpointer(path, config.checkpoint.keep)
+        restored = checkpointer.restore_latest(ts)
+        if restored is not None:
+            return RunDir.reopen(path, config), checkpointer, restored
+        checkpointer.close()
+    run = RunDir.create(path, config, overwrite=overwrite, resume_hint=not resume)
+    return run, Checkpointer(path, config.checkpoint.keep), None

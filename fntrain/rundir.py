@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PARAMS = "params.npz"
 RUN_FILES = (CONFIG, METRICS, SUMMARY, PARAMS)
+RUN_DIRS = ("checkpoints", "best_checkpoint")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -73,27 +75,53 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | Path, config: cfg.Config, *, overwrite: bool = False) -> "RunDir":
+    def create(
+        cls, path: str | Path, config: cfg.Config, *, overwrite: bool = False, resume_hint: bool = True
+    ) -> "RunDir":
         """Makes the directory and writes the resolved config.
 
         Raises:
           ConfigError: ``path`` already holds a run and ``overwrite`` is false.
         """
         run = cls(path)
-        existing = [name for name in RUN_FILES if (run.path / name).exists()]
+        existing = [name for name in RUN_FILES + RUN_DIRS if (run.path / name).exists()]
         if existing and not overwrite:
+            resume = "pass --resume to continue it, " if resume_hint and (run.path / "checkpoints").exists() else ""
             raise ConfigError(
                 f"output_dir {str(run.path)!r} already holds a run ({', '.join(existing)}); "
-                "pass --overwrite to replace it or set output_dir=<another directory>"
+                f"{resume}pass --overwrite to replace it, or set output_dir=<another directory>"
             )
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create output_dir {str(run.path)!r}: {e.strerror}") from None
         for name in existing:
-            (run.path / name).unlink()
+            target = run.path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
         atomic_write(run.path / CONFIG, cfg.dump_config(config).encode())
         return run
+
+    @classmethod
+    def reopen(cls, path: str | Path, config: cfg.Config) -> "RunDir":
+        """Continues a run: the resolved config is rewritten (the loop length may have changed)."""
+        run = cls(path)
+        atomic_write(run.path / CONFIG, cfg.dump_config(config).encode())
+        return run
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drops lines a resumed run will write again: those past ``step``, and the final test line."""
+        path = self.path / METRICS
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record["step"] <= step and record["split"] != "test":
+                kept.append(line)
+        atomic_write(path, "".join(kept).encode())
 
     def log(self, step: int, split: str, values: dict[str, Any]) -> None:
         """Appends one line ``{"step", "split", **values}`` to ``metrics.jsonl``."""

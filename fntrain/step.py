@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax import lax
 
@@ -65,13 +66,16 @@ def make_train_step(
     *,
     steps_per_dispatch: int = 1,
     donate: bool = True,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns a jitted ``step(train_state, batch) -> (train_state, metrics)``.
 
     Each update draws ``key = fold_in(train_state.key, train_state.step)``,
     computes ``loss, grads = value_and_grad(loss_fn)``, and applies the optax update.
-    ``metrics`` holds the ``loss_fn``'s metrics plus ``loss`` and ``grad_norm`` (the
-    global L2 norm of the gradients), as scalars.
+    ``metrics`` holds the ``loss_fn``'s metrics plus ``loss``, ``grad_norm`` (the
+    global L2 norm of the gradients) and ``nonfinite`` (1 if the loss or a gradient was
+    NaN or infinite, else 0), as scalars. The flag stays on the device, so checking it
+    costs no host sync until the caller reads it.
 
     Args:
       loss_fn: see the module docstring.
@@ -80,6 +84,8 @@ def make_train_step(
         then has a leading axis of K and every metric comes back stacked as ``[K]``.
       donate: donate the old state's buffers to the new one (the input state is then
         invalid; keep using the returned one).
+      skip_nonfinite: leave params, model state and optimizer state unchanged on a step
+        whose loss or gradients are not finite (the step counter still advances).
 
     Example:
       >>> step = make_train_step(supervised_loss(net, losses.softmax_cross_entropy), opt)
@@ -95,7 +101,14 @@ def make_train_step(
         )
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = (params, model_state, opt_state)
+        if skip_nonfinite:
+            old = (ts.params, ts.model_state, ts.opt_state)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
+        params, model_state, opt_state = new
         return ts._replace(step=ts.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
 
     if steps_per_dispatch == 1:

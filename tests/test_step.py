@@ -53,7 +53,7 @@ def test_public_contract_example_runs_and_preserves_structure():
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), ts)
     step = ft.make_train_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy), opt)
     ts, metrics = step(ts, (x, y))
-    assert metrics["loss"].shape == () and set(metrics) == {"loss", "grad_norm", "accuracy"}
+    assert metrics["loss"].shape == () and set(metrics) == {"loss", "grad_norm", "nonfinite", "accuracy"}
     assert jax.tree.structure(ts) == structure
     assert jax.tree.map(lambda a: (a.shape, a.dtype), ts) == shapes
     eval_metrics = ft.make_eval_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy))(ts, (x, y))

@@ -1,0 +1,250 @@
+"""Checkpoints: exact resume, kills, SIGTERM, damaged checkpoints, divergence, early stopping."""
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fntrain as ft
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = str(ROOT / "configs/digits_mlp.yaml")
+# Small and quick, with dropout and shuffling on; checkpoints fall between log lines.
+BASE = [
+    "log.progress=none",
+    "model.hidden_sizes=[32]",
+    "model.dropout_rate=0.2",
+    "log.every_steps=10",
+    "checkpoint.every_steps=15",
+    "checkpoint.keep=20",
+]
+LOOPS = {
+    "steps": ["loop.kind=steps", "loop.num_steps=80", "loop.eval_every_steps=20"],
+    "epochs": ["loop.kind=epochs", "loop.num_epochs=4", "loop.eval_every_epochs=1"],  # 20 steps per epoch
+}
+
+
+def train(out, overrides, **kwargs):
+    config = ft.load_config(DIGITS, BASE + [f"output_dir={out}", *overrides])
+    return ft.train(config, stream=io.StringIO(), **kwargs)
+
+
+def assert_same_run(a: Path, b: Path):
+    """Bit-identical final parameters and identical metrics.jsonl."""
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    with np.load(a / "params.npz") as pa, np.load(b / "params.npz") as pb:
+        assert sorted(pa.files) == sorted(pb.files)
+        for name in pa.files:
+            np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", sorted(LOOPS))
+def test_stop_and_resume_is_bit_identical(tmp_path, kind):
+    """2N steps in one go == N steps, stopped, then resumed for N more (constant LR so N is a full run)."""
+    loop = LOOPS[kind] + ["optimizer.schedule.name=constant"]
+    train(tmp_path / "whole", loop)
+    half = [o.replace("num_steps=80", "num_steps=40").replace("num_epochs=4", "num_epochs=2") for o in loop]
+    train(tmp_path / "halves", half)
+    train(tmp_path / "halves", loop, resume=True)
+    assert_same_run(tmp_path / "whole", tmp_path / "halves")
+
+
+@pytest.mark.parametrize("kind", sorted(LOOPS))
+def test_resume_from_a_checkpoint_between_log_lines(tmp_path, kind):
+    """A crash after the step-45 checkpoint: the unfinished log window is restored too."""
+    loop = LOOPS[kind]  # the config's warmup-cosine schedule
+    train(tmp_path / "whole", loop)
+    train(tmp_path / "crashed", loop)
+    for step_dir in (tmp_path / "crashed/checkpoints").iterdir():
+        if int(step_dir.name) > 45:
+            shutil.rmtree(step_dir)
+    result = train(tmp_path / "crashed", loop, resume=True)
+    assert result.summary["resumed_from_step"] == 45
+    assert_same_run(tmp_path / "whole", tmp_path / "crashed")
+
+
+def test_incompatible_checkpoint_names_the_parameter(tmp_path):
+    train(tmp_path, ["loop.kind=steps", "loop.num_steps=15", "optimizer.schedule.name=constant"])
+    with pytest.raises(ft.ConfigError, match=r"parameter .dense_1/b. has shape \(32,\) but .* expects \(48,\)"):
+        train(tmp_path, ["loop.kind=steps", "loop.num_steps=30", "model.hidden_sizes=[48]", "optimizer.schedule.name=constant"], resume=True)
+
+
+def test_damaged_checkpoint_is_skipped_with_a_warning(tmp_path):
+    loop = ["loop.kind=steps", "loop.num_steps=60", "optimizer.schedule.name=constant"]
+    train(tmp_path / "whole", loop)
+    train(tmp_path / "run", loop)
+    ckpts = tmp_path / "run/checkpoints"
+    shutil.rmtree(ckpts / "60")
+    # Step 45's arrays are damaged after the fact; an interrupted write is left beside it.
+    for f in (ckpts / "45").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "meta" not in f.parts:
+            f.write_bytes(b"\0" * 7)
+    (ckpts / "55.orbax-checkpoint-tmp-1234").mkdir()
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint .*45"):
+        result = train(tmp_path / "run", loop, resume=True)
+    assert result.summary["resumed_from_step"] == 30
+    assert_same_run(tmp_path / "whole", tmp_path / "run")
+
+
+def test_skip_nonfinite_updates_are_counted(tmp_path):
+    module = tmp_path / "nan_data.py"
+    module.write_text(
+        "import numpy as np\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.normal(size=(40, 3)).astype(np.float32)\n"
+        "    x[7, 1] = np.nan\n"
+        "    return x, (x[:, 0] > 0).astype(np.int32)\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        overrides = [
+            "data={name: 'nan_data:make', val_fraction: 0.0, test_fraction: 0.0, batch_size: 8}",
+            "loop.kind=epochs",
+            "loop.num_epochs=5",
+            "loop.on_nonfinite=skip",
+            "log.every_steps=5",
+            "optimizer.schedule.name=constant",
+        ]
+        result = train(tmp_path / "run", overrides)
+    finally:
+        sys.path.remove(str(tmp_path))
+    # One NaN example lands in exactly one of the 5 batches of each epoch.
+    assert result.summary["nonfinite_steps"] == 5
+    assert all(np.isfinite(np.asarray(p)).all() for p in __import__("jax").tree.leaves(result.state.params))
+
+
+def test_early_stopping_keeps_the_best_parameters(tmp_path):
+    overrides = [
+        "loop.kind=epochs",
+        "loop.num_epochs=40",
+        "early_stopping.patience=2",
+        "early_stopping.metric=loss",
+        "optimizer.learning_rate=0.02",  # overfits quickly, so val loss turns up
+        "optimizer.schedule.name=constant",
+        "model.dropout_rate=0.0",
+        "model.hidden_sizes=[256]",
+        "loop.eval_every_epochs=1",
+    ]
+    result = train(tmp_path, overrides)
+    s = result.summary
+    assert s["stopped_early"] and s["steps"] < 40 * 20
+    val = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["split"] == "val"]
+    best = min(val, key=lambda r: r["loss"])
+    assert s["best"]["step"] == best["step"] and s["best"]["val"]["loss"] == best["loss"]
+    assert s["final"]["val"] == s["best"]["val"]
+    # Two evaluations after the best, none better: that is what patience 2 means.
+    assert [r["step"] for r in val][-3] == best["step"]
+    # The returned parameters are the best ones: evaluating them reproduces the best val loss.
+    exp = ft.loop.build_experiment(ft.load_config(DIGITS, BASE + [f"output_dir={tmp_path}", *overrides]))
+    metrics = ft.loop.evaluate(ft.make_eval_step(exp.loss_fn), result.state, exp.splits.val, 256)
+    np.testing.assert_allclose(metrics["loss"], best["loss"], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- processes
+
+CLI_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+# Slow enough per step that signals land mid-run; checkpoints every 10 steps.
+CLI_ARGS = [
+    "log.progress=lines",
+    "log.every_steps=10",
+    "checkpoint.every_steps=10",
+    "loop.kind=steps",
+    "loop.num_steps=400",
+    "model.hidden_sizes=[512,512]",
+    "data.batch_size=256",
+    "model.dropout_rate=0.2",
+]
+
+
+def cli(out, *extra):
+    return [sys.executable, "-m", "fntrain", "train", DIGITS, f"output_dir={out}", *CLI_ARGS, *extra]
+
+
+def wait_for_training(proc, out: Path, timeout=60):
+    """Blocks until the run has logged a line (so compilation is over)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        path = out / "metrics.jsonl"
+        if path.exists() and path.read_text().strip():
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(cli(out), env=CLI_ENV, check=True, capture_output=True)
+    return out
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_finishes_exactly(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(out), env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_training(proc, out)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err  # 128 + SIGTERM, documented in fntrain/cli.py
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: stopped by SIGTERM at step ") and "--resume" in line
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert 0 < step < 400 and (out / "checkpoints" / str(step)).is_dir()
+    done = subprocess.run(cli(out, "--resume"), env=CLI_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"(step {step})" in done.stdout
+    assert_same_run(uninterrupted, out)
+
+
+def test_repeated_sigkill_always_resumes_and_matches(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(12):
+        args = cli(out, "--resume")
+        proc = subprocess.Popen(args, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if kills < 3:
+            wait_for_training(proc, out)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+    assert kills == 3 and proc.returncode == 0
+    assert_same_run(uninterrupted, out)
+
+
+def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "fntrain", "train", DIGITS, f"output_dir={out}", "log.progress=none",
+        "optimizer.learning_rate=1e6", "optimizer.schedule.name=constant", "checkpoint.every_steps=1",
+        "log.every_steps=5", "loop.kind=steps", "loop.num_steps=50",
+    ]
+    done = subprocess.run(args, env=CLI_ENV, capture_output=True, text=True)
+    assert done.returncode == 3
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "NaN/inf between steps" in err[0] and "last good checkpoint" in err[0]
+    last = int(err[0].split("(step ")[1].split(")")[0])
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir())[-1] == last
+    # The kept checkpoint restores, and its parameters are finite.
+    config = ft.load_config(DIGITS, [f"output_dir={out}"])
+    exp = ft.loop.build_experiment(config)
+    optimizer = ft.builders.build_optimizer(config.optimizer, 600)[0]
+    like = ft.TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
+    restored, meta = ft.checkpoint.Checkpointer(out, 3).restore_latest(like)
+    assert meta["step"] == last
+    assert all(np.isfinite(np.asarray(p)).all() for p in __import__("jax").tree.leaves(restored.params))
