@@ -287,6 +287,9 @@ class LoopConfig(_Section):
     num_steps: Optional[PositiveInt] = Field(None, description="kind steps: training steps over the repeating stream.")
     eval_every_epochs: Optional[PositiveInt] = Field(1, description="kind epochs: evaluate on val every N epochs; null: only at the end.")
     eval_every_steps: Optional[PositiveInt] = Field(None, description="Evaluate on val every N steps (either kind); null: off.")
+    steps_per_dispatch: PositiveInt = Field(
+        1, description="Fuse up to N steps into one `lax.scan` dispatch (results equal N single steps)."
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="A non-finite loss or gradient: stop (exit 3, last good checkpoint kept) or skip that "
@@ -330,6 +333,22 @@ class EarlyStoppingConfig(_Section):
     )
 
 
+class ParallelConfig(_Section):
+    mode: Literal["data", "fsdp"] = Field(
+        "data",
+        description="data: batches split over devices, parameters replicated; fsdp: parameters and optimizer "
+        "state split over devices too.",
+    )
+    num_devices: Optional[PositiveInt] = Field(None, description="Devices to use; null: all of them (on every host).")
+    distributed: bool = Field(
+        False,
+        description="Start `jax.distributed` (multi-host); the three keys below, or null to let JAX detect the cluster.",
+    )
+    coordinator_address: Optional[str] = Field(None, description="distributed: `host:port` of process 0.")
+    num_processes: Optional[PositiveInt] = Field(None, description="distributed: number of processes.")
+    process_id: Optional[Annotated[int, Field(ge=0)]] = Field(None, description="distributed: this process's index.")
+
+
 class Config(_Section):
     seed: int = Field(0, description="Seed of every random choice: initialisation, splits, shuffling, dropout.")
     output_dir: str = Field(description="Run directory; null in a file: `runs/<config file name>`.")
@@ -341,6 +360,7 @@ class Config(_Section):
     log: LogConfig = Field(LogConfig(), description="Logging.")
     checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and resuming.")
     early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(), description="Early stopping on a validation metric.")
+    parallel: ParallelConfig = Field(ParallelConfig(), description="Devices, sharding and multi-host.")
 
 
 _UNION_TAGS |= set(_DATA) | set(_MODELS)
@@ -567,7 +587,7 @@ def reference_markdown() -> str:
     def table(rows):
         return "\n".join(head + rows) + "\n"
 
-    sections = ("loss", "optimizer", "loop", "log", "checkpoint", "early_stopping")
+    sections = ("loss", "optimizer", "loop", "log", "checkpoint", "early_stopping", "parallel")
     out = ["#### Top level\n", table(_rows("", Config, skip=("data", "model", *sections)))]
     for name in sections:
         out += [f"#### `{name}`\n", table(_rows(f"{name}.", Config.model_fields[name].annotation))]

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple, Optional, TextIO
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fntrain import builders
 from fntrain import config as cfg
@@ -27,6 +29,15 @@ from fntrain import data as data_lib
 from fntrain import nn
 from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.errors import ConfigError
+from fntrain.parallel import (
+    DATA_AXIS,
+    Placement,
+    gather_to_host,
+    initialize_distributed,
+    make_placement,
+    process_rows,
+    to_host,
+)
 from fntrain.progress import Progress
 from fntrain.rundir import RunDir
 from fntrain.state import TrainState
@@ -104,15 +115,18 @@ def build_experiment(config: cfg.Config) -> Experiment:
     return Experiment(splits, net, loss_fn, params, model_state, keys)
 
 
-def evaluate(eval_step, ts: TrainState, arrays: data_lib.Arrays, batch_size: int) -> dict[str, float]:
+def evaluate(
+    eval_step, ts: TrainState, arrays: data_lib.Arrays, batch_size: int, placement: Optional[Placement] = None
+) -> dict[str, float]:
     """Example-weighted mean metrics over ``arrays``; one host transfer at the end."""
     totals, count = None, 0
     for x, y in data_lib.eval_batches(arrays, batch_size):
-        metrics = eval_step(ts, (x, y))
+        batch = (x, y) if placement is None else placement.put_batch((x, y))
+        metrics = eval_step(ts, batch)
         weighted = jax.tree.map(lambda m: m * len(x), metrics)
         totals = weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
         count += len(x)
-    return {k: float(v) / count for k, v in jax.device_get(totals).items()}
+    return {k: float(v) / count for k, v in to_host(totals).items()}
 
 
 # --------------------------------------------------------------------------- host-side loop state
@@ -125,7 +139,8 @@ class LoopState:
     Attributes:
       step: steps done.
       data_position: the training iterator's next ``(epoch, offset)``.
-      window: per-step metrics since the last log line (device scalars).
+      window: metrics since the last log line, one dict per dispatch (device arrays, ``[]``
+        or ``[K]`` for fused steps).
       best_step, best_metrics: the evaluation with the best ``early_stopping.metric`` so far.
       evals_without_improvement: evaluations since ``best_step``.
       nonfinite_steps: updates skipped as non-finite (``on_nonfinite: skip``).
@@ -142,12 +157,12 @@ class LoopState:
     final: dict = dataclasses.field(default_factory=dict)
 
     def to_meta(self, params) -> dict:
-        window = jax.device_get(self.window)
+        window = to_host(self.window)
+        columns = {k: np.concatenate([np.atleast_1d(m[k]) for m in window]) for k in (window[0] if window else {})}
         return {
             "step": self.step,
             "data_position": self.data_position.to_dict(),
-            "window": {k: {"dtype": str(np.asarray(window[0][k]).dtype), "values": [np.asarray(m[k]).item() for m in window]}
-                       for k in (window[0] if window else {})},
+            "window": {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in columns.items()},
             "best_step": self.best_step,
             "best_metrics": self.best_metrics,
             "evals_without_improvement": self.evals_without_improvement,
@@ -159,8 +174,7 @@ class LoopState:
     @classmethod
     def from_meta(cls, meta: dict) -> "LoopState":
         columns = meta["window"]
-        length = len(next(iter(columns.values()))["values"]) if columns else 0
-        window = [{k: jnp.asarray(c["values"][i], dtype=c["dtype"]) for k, c in columns.items()} for i in range(length)]
+        window = [{k: jnp.asarray(c["values"], dtype=c["dtype"]) for k, c in columns.items()}] if columns else []
         return cls(
             step=meta["step"],
             data_position=data_lib.IteratorState.from_dict(meta["data_position"]),
@@ -175,12 +189,14 @@ class LoopState:
 
 def _window_means(window: list[dict]) -> dict[str, float]:
     """Means over the window (``nonfinite`` is summed); the one host sync between evaluations."""
-    stacked = jax.device_get({k: jnp.stack([m[k] for m in window]) for k in window[0]})
-    return {k: float(v.sum() if k == "nonfinite" else v.mean()) for k, v in stacked.items()}
+    columns = {k: jnp.concatenate([jnp.atleast_1d(m[k]) for m in window]) for k in window[0]}
+    return {k: float(v.sum() if k == "nonfinite" else v.mean()) for k, v in to_host(columns).items()}
 
 
 def _window_nonfinite(window: list[dict]) -> int:
-    return int(jnp.sum(jnp.stack([m["nonfinite"] for m in window]))) if window else 0
+    if not window:
+        return 0
+    return int(to_host(jnp.sum(jnp.concatenate([jnp.atleast_1d(m["nonfinite"]) for m in window]))))
 
 
 class _SignalGuard:
@@ -247,8 +263,14 @@ def train(
     """
     stream = stream or sys.stdout
     resume = config.checkpoint.resume if resume is None else resume
+    pc = config.parallel
+    if pc.distributed:
+        initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
+    main_process = jax.process_index() == 0
     exp = build_experiment(config)
     dc, loop, es = config.data, config.loop, config.early_stopping
+    placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
+    _check_divisible(placement, dc, exp.splits.train.num_examples)
     iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
     steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
     total_steps = loop.num_epochs * steps_per_epoch if loop.kind == "epochs" else loop.num_steps
@@ -257,6 +279,8 @@ def train(
     track_best = exp.splits.val is not None and (config.checkpoint.keep_best or es.patience is not None)
 
     ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
+    state_sharding = placement.state_shardings(ts)
+    ts = placement.put_state(ts, state_sharding)
     run, checkpointer, restored = _open_run(config, ts, overwrite=overwrite, resume=resume)
     lstate = LoopState() if restored is None else LoopState.from_meta(restored[1])
     if restored is not None:
@@ -265,24 +289,34 @@ def train(
     iterator = data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=lstate.data_position, **iterator_args)
 
     x_example = jax.ShapeDtypeStruct((1, *exp.splits.train.x.shape[1:]), exp.splits.train.x.dtype)
-    say = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+    say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
     say(nn.summary(exp.net, x_example))
     say(
         f"data: {exp.splits.train.num_examples} train / "
         f"{exp.splits.val.num_examples if exp.splits.val else 0} val / "
         f"{exp.splits.test.num_examples if exp.splits.test else 0} test examples; "
-        f"{total_steps} steps ({steps_per_epoch} per epoch); output_dir {run.path}"
+        f"{total_steps} steps ({steps_per_epoch} per epoch); {placement.num_devices} device(s) "
+        f"({pc.mode} parallel, {jax.process_count()} process(es)); output_dir {run.path}"
     )
     if restored is not None:
         say(f"resumed from {checkpointer.latest.directory}/{lstate.step} (step {lstate.step})")
 
-    train_step = make_train_step(exp.loss_fn, optimizer, skip_nonfinite=loop.on_nonfinite == "skip")
-    eval_step = make_eval_step(exp.loss_fn)
-    progress = Progress(total_steps, config.log.progress, stream, initial=lstate.step)
+    fused = loop.steps_per_dispatch > 1
+    batch_sharding = NamedSharding(placement.mesh, P(None, DATA_AXIS)) if fused else placement.batch
+    train_step = make_train_step(
+        exp.loss_fn,
+        optimizer,
+        steps_per_dispatch=loop.steps_per_dispatch,
+        skip_nonfinite=loop.on_nonfinite == "skip",
+        state_sharding=state_sharding,
+        batch_sharding=batch_sharding,
+    )
+    eval_step = make_eval_step(exp.loss_fn, metrics_sharding=placement.replicated)
+    progress = Progress(total_steps, config.log.progress if main_process else "none", stream, initial=lstate.step)
 
     def run_eval(split: str) -> dict[str, float]:
         arrays = exp.splits.val if split == "val" else exp.splits.test
-        metrics = evaluate(eval_step, ts, arrays, eval_batch_size)
+        metrics = evaluate(eval_step, ts, arrays, eval_batch_size, placement)
         run.log(lstate.step, split, {"epoch": lstate.step / steps_per_epoch, **metrics})
         progress.write(f"{split} @ step {lstate.step}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         lstate.final[split] = metrics
@@ -298,22 +332,44 @@ def train(
                 "optimizer.clip_grad_norm, or set loop.on_nonfinite=skip"
             )
 
+    def is_event(step: int) -> bool:
+        """Whether the loop must stop dispatching after ``step`` to log, evaluate or checkpoint."""
+        every = (config.log.every_steps, loop.eval_every_steps, config.checkpoint.every_steps)
+        epoch_end = loop.kind == "epochs" and step % steps_per_epoch == 0
+        return step == total_steps or epoch_end or any(n and step % n == 0 for n in every)
+
+    def next_dispatch(step: int):
+        """Takes the batches of the next dispatch: up to K steps, never across an event
+        or a partial batch; returns (steps, device batch, data position after them)."""
+        count = 1
+        while count < loop.steps_per_dispatch and not is_event(step + count):
+            count += 1
+        count = max(1, min(count, iterator.full_batches_left))
+        batches = [next(iterator) for _ in range(count)]
+        batch = jax.tree.map(lambda *b: np.stack(b), *batches) if fused else batches[0]
+        local = jax.tree.map(lambda a: _rows_of_process(a, fused), batch)
+        return count, placement.global_batch(local), iterator.state
+
     start_step = lstate.step
     window_start, window_examples, examples = time.perf_counter(), 0, 0
     start, eval_seconds = time.perf_counter(), 0.0
     stopped_early = False
+    pending = next_dispatch(lstate.step) if lstate.step < total_steps else None
     with _SignalGuard(stream) as guard:
-        while lstate.step < total_steps and not stopped_early:
-            batch = next(iterator)
+        while pending is not None and not stopped_early:
+            count, batch, position = pending
             ts, metrics = train_step(ts, batch)
-            lstate.step += 1
+            lstate.step += count
             step = lstate.step
+            # Prepared while the device runs this dispatch (double buffering).
+            pending = next_dispatch(step) if step < total_steps else None
             lstate.window.append(metrics)
-            window_examples += len(batch[1])
-            progress.advance()
+            lstate.data_position = position
+            window_examples += count * dc.batch_size if count > 1 else jax.tree.leaves(batch)[0].shape[0]
+            progress.advance(count)
 
             if step % config.log.every_steps == 0 or step == total_steps:
-                check_finite(step - len(lstate.window) + 1)
+                check_finite(step - _window_steps(lstate.window) + 1)
                 values = _window_means(lstate.window)
                 lstate.nonfinite_steps += int(values.pop("nonfinite"))
                 values["nonfinite_steps"] = lstate.nonfinite_steps
@@ -339,8 +395,8 @@ def train(
                 if best is None or sign * (best - metrics[es.metric]) > es.min_delta:
                     lstate.best_step, lstate.best_metrics, lstate.evals_without_improvement = step, metrics, 0
                     if track_best:
-                        check_finite(step - len(lstate.window) + 1)
-                        checkpointer.save(ts, lstate.to_meta(ts.params) | {"data_position": iterator.state.to_dict()}, best=True)
+                        check_finite(step - _window_steps(lstate.window) + 1)
+                        checkpointer.save(ts, lstate.to_meta(ts.params), best=True)
                 else:
                     lstate.evals_without_improvement += 1
                     stopped_early = es.patience is not None and lstate.evals_without_improvement >= es.patience
@@ -354,8 +410,7 @@ def train(
 
             every = config.checkpoint.every_steps
             if (every and step % every == 0) or step == total_steps or stopped_early or guard.received:
-                check_finite(step - len(lstate.window) + 1)
-                lstate.data_position = iterator.state
+                check_finite(step - _window_steps(lstate.window) + 1)
                 checkpointer.save(ts, lstate.to_meta(ts.params))
             if guard.received:
                 progress.close()
@@ -376,7 +431,7 @@ def train(
     progress.close()
     checkpointer.close()
 
-    run.save_params(ts.params, ts.model_state)
+    run.save_params(*gather_to_host((ts.params, ts.model_state)))
     summary = {
         "steps": lstate.step,
         "epochs": lstate.step / steps_per_epoch,
@@ -389,12 +444,34 @@ def train(
         "train_time_s": train_seconds,
         "examples_per_second": examples / max(train_seconds, 1e-9),
         "num_params": nn.count_params(ts.params),
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in placement.mesh.devices.flat],
+        "processes": jax.process_count(),
     }
     run.write_summary(summary)
     for split, values in lstate.final.items():
         say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return TrainResult(ts, lstate.final, summary, str(run.path))
+
+
+def _window_steps(window: list[dict]) -> int:
+    return sum(int(np.size(m["loss"])) for m in window)
+
+
+def _rows_of_process(a: np.ndarray, fused: bool) -> np.ndarray:
+    """This process's rows of a global batch leaf (axis 1 when fused steps stack ``[K, B, ...]``)."""
+    if not fused:
+        return process_rows(a)
+    return np.swapaxes(process_rows(np.swapaxes(a, 0, 1)), 0, 1)
+
+
+def _check_divisible(placement: Placement, dc, num_train: int) -> None:
+    placement.check_batch_size(dc.batch_size, "data.batch_size")
+    partial = num_train % dc.batch_size
+    if partial and not dc.drop_last and partial % placement.num_devices:
+        raise ConfigError(
+            f"the final partial batch of each epoch ({partial} of {num_train} training examples) does not divide "
+            f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}"
+        )
 
 
 def _open_run(config: cfg.Config, ts: TrainState, *, overwrite: bool, resume: bool):

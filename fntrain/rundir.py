@@ -69,10 +69,14 @@ def unflatten_like(template, arrays: dict[str, np.ndarray], prefix: str, source:
 
 
 class RunDir:
-    """Writes one run's outputs under ``path``."""
+    """Writes one run's outputs under ``path``.
+
+    On a multi-host run only process 0 writes; the others' calls do nothing.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.writer = jax.process_index() == 0
 
     @classmethod
     def create(
@@ -84,6 +88,8 @@ class RunDir:
           ConfigError: ``path`` already holds a run and ``overwrite`` is false.
         """
         run = cls(path)
+        if not run.writer:
+            return run
         existing = [name for name in RUN_FILES + RUN_DIRS if (run.path / name).exists()]
         if existing and not overwrite:
             resume = "pass --resume to continue it, " if resume_hint and (run.path / "checkpoints").exists() else ""
@@ -105,13 +111,14 @@ class RunDir:
     def reopen(cls, path: str | Path, config: cfg.Config) -> "RunDir":
         """Continues a run: the resolved config is rewritten (the loop length may have changed)."""
         run = cls(path)
-        atomic_write(run.path / CONFIG, cfg.dump_config(config).encode())
+        if run.writer:
+            atomic_write(run.path / CONFIG, cfg.dump_config(config).encode())
         return run
 
     def truncate_metrics(self, step: int) -> None:
         """Drops lines a resumed run will write again: those past ``step``, and the final test line."""
         path = self.path / METRICS
-        if not path.exists():
+        if not self.writer or not path.exists():
             return
         kept = []
         for line in path.read_text().splitlines(keepends=True):
@@ -125,15 +132,20 @@ class RunDir:
 
     def log(self, step: int, split: str, values: dict[str, Any]) -> None:
         """Appends one line ``{"step", "split", **values}`` to ``metrics.jsonl``."""
+        if not self.writer:
+            return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write(self.path / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+        if self.writer:
+            atomic_write(self.path / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
     def save_params(self, params, model_state) -> None:
         """Saves parameters and model state as ``.npz`` (plain arrays, no pickle)."""
+        if not self.writer:
+            return
         arrays = {**flatten_tree(params, "params"), **flatten_tree(model_state, "model_state")}
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{PARAMS}.", suffix=".tmp")
         try:

@@ -67,6 +67,8 @@ def make_train_step(
     steps_per_dispatch: int = 1,
     donate: bool = True,
     skip_nonfinite: bool = False,
+    state_sharding: Any = None,
+    batch_sharding: Any = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns a jitted ``step(train_state, batch) -> (train_state, metrics)``.
 
@@ -86,6 +88,10 @@ def make_train_step(
         invalid; keep using the returned one).
       skip_nonfinite: leave params, model state and optimizer state unchanged on a step
         whose loss or gradients are not finite (the step counter still advances).
+      state_sharding: shardings of the ``TrainState`` (a matching pytree or prefix); the new
+        state keeps them. None: wherever the inputs are.
+      batch_sharding: sharding of the batch leaves (with the ``[K]`` axis when fused).
+        When shardings are given, metrics come back replicated.
 
     Example:
       >>> step = make_train_step(supervised_loss(net, losses.softmax_cross_entropy), opt)
@@ -116,20 +122,37 @@ def make_train_step(
     else:
 
         def step(ts, batches):
-            return lax.scan(one_step, ts, batches, length=steps_per_dispatch)
+            # The length comes from the batch, so the loop may dispatch shorter runs
+            # up to a log or eval boundary (each length compiles once).
+            return lax.scan(one_step, ts, batches)
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if state_sharding is None and batch_sharding is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    replicated = _replicated_like(state_sharding, batch_sharding)
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=donate_argnums,
+    )
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable[[TrainState, Any], dict]:
+def _replicated_like(*shardings):
+    sharding = next(s for s in jax.tree.leaves(shardings) if s is not None)
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+
+
+def make_eval_step(loss_fn: LossFn, *, metrics_sharding: Any = None) -> Callable[[TrainState, Any], dict]:
     """Returns a jitted ``eval_step(train_state, batch) -> metrics`` (``loss`` included).
 
     The ``loss_fn`` runs with ``key=None`` (evaluation mode) and its new model state
-    is discarded, so evaluation never changes running statistics.
+    is discarded, so evaluation never changes running statistics. The inputs keep
+    the shardings they have; ``metrics_sharding`` (e.g. replicated) places the outputs.
     """
 
     def eval_step(ts: TrainState, batch) -> dict:
         loss, (_, metrics) = loss_fn(ts.params, ts.model_state, batch, None)
         return {**metrics, "loss": loss}
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, out_shardings=metrics_sharding)

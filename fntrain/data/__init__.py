@@ -16,6 +16,7 @@ from fntrain.data.sources import (
     read_idx,
 )
 from fntrain.data.splits import Splits, split_arrays, standardize
+from fntrain.data.text import decode, load_char_lm, unigram_baseline
 
 __all__ = [
     "Arrays",
@@ -23,7 +24,9 @@ __all__ = [
     "DataError",
     "IteratorState",
     "Splits",
+    "decode",
     "eval_batches",
+    "load_char_lm",
     "load_csv",
     "load_digits",
     "load_idx",
@@ -33,4 +36,5 @@ __all__ = [
     "read_idx",
     "split_arrays",
     "standardize",
+    "unigram_baseline",
 ]

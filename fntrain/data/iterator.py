@@ -107,6 +107,11 @@ class BatchIterator:
             return self._n // self._batch_size
         return -(-self._n // self._batch_size)
 
+    @property
+    def full_batches_left(self) -> int:
+        """Full-size batches before the current epoch ends (a final partial one not counted)."""
+        return (self._epoch_end() - self._offset) // self._batch_size
+
     def _epoch_end(self) -> int:
         # Offset at which the current epoch stops yielding batches.
         return self.steps_per_epoch * self._batch_size if self._drop_last else self._n

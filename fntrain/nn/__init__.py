@@ -1,6 +1,13 @@
 """Networks as ``(init, apply)`` pairs over plain parameter pytrees."""
 
 from fntrain.nn import initializers
+from fntrain.nn.attention import (
+    dot_product_attention,
+    learned_position_embedding,
+    multi_head_attention,
+    sinusoidal_position_embedding,
+)
+from fntrain.nn.blocks import basic_block, named_serial, transformer_block
 from fntrain.nn.core import Module, output_shape, residual, serial, stateless
 from fntrain.nn.layers import (
     ACTIVATIONS,
@@ -9,20 +16,23 @@ from fntrain.nn.layers import (
     batch_norm,
     conv2d,
     dense,
+    depthwise_conv2d,
     dropout,
     embedding,
     flatten,
     gelu,
     global_avg_pool,
+    group_norm,
     identity,
     layer_norm,
     max_pool,
     relu,
+    rms_norm,
     sigmoid,
     softplus,
     tanh,
 )
-from fntrain.nn.models import cnn, mlp
+from fntrain.nn.models import cnn, mlp, resnet, transformer_lm
 from fntrain.nn.summary import count_params, summary
 
 __all__ = [
@@ -30,28 +40,40 @@ __all__ = [
     "Module",
     "activation",
     "avg_pool",
+    "basic_block",
     "batch_norm",
     "cnn",
     "conv2d",
     "count_params",
     "dense",
+    "depthwise_conv2d",
+    "dot_product_attention",
     "dropout",
     "embedding",
     "flatten",
     "gelu",
     "global_avg_pool",
+    "group_norm",
     "identity",
     "initializers",
     "layer_norm",
+    "learned_position_embedding",
     "max_pool",
     "mlp",
+    "multi_head_attention",
+    "named_serial",
     "output_shape",
     "relu",
     "residual",
+    "resnet",
+    "rms_norm",
     "serial",
     "sigmoid",
+    "sinusoidal_position_embedding",
     "softplus",
     "stateless",
     "summary",
     "tanh",
+    "transformer_block",
+    "transformer_lm",
 ]

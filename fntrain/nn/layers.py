@@ -114,6 +114,58 @@ def conv2d(
     return Module(init, apply, "conv2d")
 
 
+def depthwise_conv2d(
+    kernel_size: IntOrPair = 3,
+    *,
+    strides: IntOrPair = 1,
+    padding: str = "SAME",
+    channel_multiplier: int = 1,
+    use_bias: bool = True,
+    w_init: initializers.InitializerLike = "he_normal",
+    b_init: initializers.InitializerLike = "zeros",
+) -> Module:
+    """Depthwise 2-D convolution over NHWC images: each input channel has its own filters.
+
+    Output channel ``c * channel_multiplier + m`` is input channel ``c``
+    cross-correlated with ``w[:, :, 0, c * channel_multiplier + m]``; channels never mix.
+    This is ``lax.conv_general_dilated`` with ``feature_group_count=C``, so the kernel is
+    stored in that layout (as in TensorFlow and Flax), which also gives the initializer
+    the right fan-in (``kh * kw``).
+
+    Shapes: ``x: [N, H, W, C]`` -> ``y: [N, H', W', C * channel_multiplier]``;
+    ``w: [kh, kw, 1, C * channel_multiplier]``, ``b: [C * channel_multiplier]``.
+    ``H'`` is as for :func:`conv2d`.
+    """
+    kernel, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
+    padding = _check_padding(padding)
+    if not isinstance(channel_multiplier, int) or channel_multiplier < 1:
+        raise ValueError(f"depthwise_conv2d channel_multiplier must be a positive int, got {channel_multiplier!r}")
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def init(key, x):
+        _require_rank("depthwise_conv2d", x, 4, "[N, H, W, C]")
+        dtype, features = _param_dtype(x), x.shape[-1] * channel_multiplier
+        params = {"w": w_init(key, (*kernel, 1, features), dtype)}
+        if use_bias:
+            params["b"] = b_init(key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        y = lax.conv_general_dilated(
+            x,
+            params["w"],
+            window_strides=stride,
+            padding=padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Module(init, apply, "depthwise_conv2d")
+
+
 # --------------------------------------------------------------------------- pooling / reshape
 
 
@@ -256,6 +308,64 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5) -> Module:
         return y, state
 
     return Module(init, apply, "batch_norm")
+
+
+def rms_norm(*, eps: float = 1e-6) -> Module:
+    """Root-mean-square normalisation of the last axis, then a learned scale (no offset, no centring).
+
+    ``y = x / sqrt(mean(x ** 2, axis=-1) + eps) * scale``.
+
+    Shapes: ``x: [..., F]``; ``scale: [F]``.
+    """
+
+    def init(key, x):
+        return {"scale": jnp.ones((x.shape[-1],), _param_dtype(x))}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+        return y * params["scale"], state
+
+    return Module(init, apply, "rms_norm")
+
+
+def group_norm(num_groups: int, *, eps: float = 1e-5) -> Module:
+    """Group normalisation: channels split into ``num_groups`` groups, each normalised per example.
+
+    Channel ``c`` belongs to group ``c // (C // num_groups)``. Mean and (biased) variance are
+    taken over all non-batch axes and the channels of the group, so the result does not
+    depend on the batch (unlike :func:`batch_norm`). ``num_groups=1`` is layer norm over
+    ``[H, W, C]``; ``num_groups=C`` is instance norm.
+
+    Shapes: ``x: [N, ..., C]`` (NHWC images, or any rank >= 2 with channels last);
+    ``scale, offset: [C]``.
+    """
+    if not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"group_norm num_groups must be a positive int, got {num_groups!r}")
+
+    def check(x):
+        if len(x.shape) < 2:
+            raise ValueError(f"group_norm expects inputs [N, ..., C] of rank >= 2, got shape {tuple(x.shape)}")
+        if x.shape[-1] % num_groups:
+            raise ValueError(
+                f"group_norm: {x.shape[-1]} channels do not split into {num_groups} equal groups; "
+                f"choose num_groups dividing {x.shape[-1]}."
+            )
+
+    def init(key, x):
+        check(x)
+        dtype, c = _param_dtype(x), x.shape[-1]
+        return {"scale": jnp.ones((c,), dtype), "offset": jnp.zeros((c,), dtype)}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        check(x)
+        grouped = x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # every axis but the batch and the group
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+        y = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
+        return y * params["scale"] + params["offset"], state
+
+    return Module(init, apply, "group_norm")
 
 
 # --------------------------------------------------------------------------- embedding

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from fntrain.nn import attention as A
+from fntrain.nn import blocks as B
+from fntrain.nn import initializers
 from fntrain.nn import layers as L
 from fntrain.nn.core import Module, serial
 
@@ -83,3 +86,105 @@ def cnn(
             layers.append(L.dropout(dropout_rate))
     layers.append(L.dense(num_outputs, w_init="glorot_uniform"))
     return serial(*layers)
+
+
+_POSITIONS = {"learned": A.learned_position_embedding, "sinusoidal": A.sinusoidal_position_embedding}
+
+
+def transformer_lm(
+    vocab_size: int,
+    seq_len: int,
+    d_model: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    *,
+    dropout_rate: float = 0.0,
+    position: str = "learned",
+) -> Module:
+    """A decoder-only (causal) transformer language model.
+
+    ``ids -> embed -> pos -> block_0 .. block_{L-1} -> norm -> head``: token embedding,
+    position embedding, ``num_layers`` pre-norm causal :func:`~fntrain.nn.transformer_block`,
+    a final layer norm and a dense layer to next-token logits. Position ``t``'s logits
+    depend only on tokens ``<= t``.
+
+    Shapes: ``ids: [B, T] int`` with ``T <= seq_len`` -> ``logits: [B, T, vocab_size] float32``.
+    Train it with ``losses.softmax_cross_entropy`` on labels ``[B, T] int`` (the ids shifted by one).
+
+    Args:
+      vocab_size: number of token ids.
+      seq_len: longest sequence (the size of the position table).
+      d_model: width ``D`` of the residual stream; divisible by ``num_heads``.
+      num_layers: number of transformer blocks.
+      num_heads: attention heads per block.
+      mlp_dim: hidden width of each block's MLP.
+      dropout_rate: residual dropout inside the blocks (training only; needs a key).
+      position: ``"learned"`` (param ``pos/table: [seq_len, D]``) or ``"sinusoidal"`` (no params).
+
+    Example:
+      >>> net = transformer_lm(vocab_size=64, seq_len=32, d_model=64, num_layers=2, num_heads=4, mlp_dim=256)
+      >>> params, state = net.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))
+      >>> logits, _ = net.apply(params, state, ids)  # [B, 32, 64]
+    """
+    if position not in _POSITIONS:
+        raise ValueError(f"transformer_lm position must be one of {sorted(_POSITIONS)}, got {position!r}")
+    if not isinstance(num_layers, int) or num_layers < 0:
+        raise ValueError(f"transformer_lm num_layers must be a non-negative int, got {num_layers!r}")
+    if d_model % num_heads:
+        raise ValueError(
+            f"transformer_lm d_model={d_model} is not divisible by num_heads={num_heads}; "
+            "choose num_heads dividing d_model."
+        )
+    layers = [
+        ("embed", L.embedding(vocab_size, d_model, w_init=initializers.normal(1.0))),
+        ("pos", _POSITIONS[position](seq_len)),
+    ]
+    layers += [
+        (f"block_{i}", B.transformer_block(num_heads, mlp_dim, causal=True, dropout_rate=dropout_rate))
+        for i in range(num_layers)
+    ]
+    layers += [("norm", L.layer_norm()), ("head", L.dense(vocab_size))]
+    return B.named_serial(*layers)
+
+
+def resnet(
+    stage_sizes: Sequence[int] = (2, 2),
+    num_filters: int = 16,
+    num_outputs: int = 10,
+    *,
+    block: str = "basic",
+) -> Module:
+    """A small ResNet for NHWC images of about 8x8 to 32x32 (CIFAR-style, no stem pooling).
+
+    ``stem_conv (3x3) -> stem_bn -> relu -> stage_i_block_j ... -> global average pool -> head``.
+    Stage ``i`` has ``num_filters * 2**i`` channels and ``stage_sizes[i]`` blocks; the first
+    block of every stage after the first halves the resolution (stride 2) and projects
+    its shortcut (see :func:`~fntrain.nn.basic_block`).
+
+    Shapes: ``x: [N, H, W, C]`` -> ``[N, num_outputs]`` logits.
+
+    Args:
+      stage_sizes: number of blocks per stage.
+      num_filters: channels of the stem and the first stage.
+      num_outputs: number of outputs (classes).
+      block: residual block type; only ``"basic"`` for now.
+
+    Parameter keys read like ``stage_1_block_0/proj_conv/w``; batch-norm statistics are in
+    the state under the same paths (``stem_bn/mean``, ``stage_0_block_1/bn_0/var``).
+    """
+    if block != "basic":
+        raise ValueError(f"resnet block must be 'basic', got {block!r}")
+    if not stage_sizes or any(not isinstance(n, int) or n < 1 for n in stage_sizes):
+        raise ValueError(f"resnet stage_sizes must be a non-empty sequence of positive ints, got {stage_sizes!r}")
+    layers = [
+        ("stem_conv", L.conv2d(num_filters, 3, use_bias=False)),
+        ("stem_bn", L.batch_norm()),
+        ("stem_relu", L.relu),
+    ]
+    for i, num_blocks in enumerate(stage_sizes):
+        for j in range(num_blocks):
+            strides = 2 if i > 0 and j == 0 else 1
+            layers.append((f"stage_{i}_block_{j}", B.basic_block(num_filters * 2**i, strides=strides)))
+    layers += [("pool", L.global_avg_pool()), ("head", L.dense(num_outputs, w_init="glorot_uniform"))]
+    return B.named_serial(*layers)
