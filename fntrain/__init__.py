@@ -1,5 +1,9 @@
 """fntrain: a functional training toolkit for JAX."""
 
+from fntrain import malloc as _malloc
+
+_malloc.tune()  # before JAX allocates anything, see fntrain/malloc.py
+
 from fntrain import data, losses, metrics, nn
 from fntrain.config import Config, load_config
 from fntrain.errors import ConfigError

@@ -20,6 +20,17 @@ from fntrain import nn
 from fntrain.errors import ConfigError
 from fntrain.registry import lookup
 
+def call_user(fn: Callable, kwargs: dict, section: str):
+    """Calls a user's component, turning a mismatch with its signature into a ConfigError."""
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{section}.kwargs do not fit {getattr(fn, '__qualname__', fn)}{inspect.signature(fn)}: {e}") from None
+    except ValueError:  # no signature to check (some builtins): let the call speak
+        pass
+    return fn(**kwargs)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -40,7 +51,7 @@ def _load_arrays(c, seed: int) -> data_lib.Arrays:
         return data_lib.load_csv(
             c.path, target_column=c.target_column, header=c.header, delimiter=c.delimiter, target_dtype=c.target_dtype
         )
-    out = lookup(c.name, "dataset")(**c.kwargs_dict)
+    out = call_user(lookup(c.name, "dataset"), c.kwargs_dict, "data")
     try:
         x, y = out
     except (TypeError, ValueError):
@@ -96,7 +107,7 @@ def build_model(c, num_outputs: int) -> nn.Module:
     kwargs = c.kwargs_dict
     if "num_outputs" not in kwargs and "num_outputs" in inspect.signature(fn).parameters:
         kwargs["num_outputs"] = num_outputs
-    net = fn(**kwargs)
+    net = call_user(fn, kwargs, "model")
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model {c.name!r} must return an fntrain.nn.Module, got {type(net).__name__}")
     return net

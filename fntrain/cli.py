@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "eval": _eval}[args.command](args)
     except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e)
+        if args.config not in message:  # raised after loading: say which config it concerns
+            message = f"{args.config}: {'data: ' if isinstance(e, DataError) else ''}{message}"
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteError, Interrupted) as e:
         print(f"error: {e}", file=sys.stderr)

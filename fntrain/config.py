@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fntrain.errors import ConfigError
 
@@ -23,16 +33,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FrozenMapping(tuple):
+    """A mapping frozen into sorted ``(key, value)`` pairs, so that configs stay hashable."""
+
+    def thaw(self) -> dict:
+        return {k: _thaw(v) for k, v in self}
+
+
 def _freeze(value):
-    """Lists to tuples and dicts to sorted (key, value) tuples, recursively, for hashing."""
+    """Dicts to FrozenMapping and lists to tuples, recursively."""
     if isinstance(value, dict):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+        return FrozenMapping(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     return value
 
 
-def _freeze_mapping(value) -> tuple:
+def _thaw(value):
+    """The inverse of ``_freeze``: what the user wrote, as plain dicts and lists."""
+    if isinstance(value, FrozenMapping):
+        return value.thaw()
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _freeze_mapping(value) -> FrozenMapping:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of argument names to values, got {type(value).__name__}")
     return _freeze(value)
@@ -45,7 +71,7 @@ class _Custom(_Section):
     builtins: ClassVar[tuple[str, ...]] = ()
 
     name: str = Field(description="`module.path:function`, or a name registered with `fntrain.register_*`.")
-    kwargs: tuple = Field(default=(), description="Keyword arguments for the function (a mapping).")
+    kwargs: Any = Field(default=FrozenMapping(), description="Keyword arguments for the function (a mapping).")
 
     @field_validator("kwargs", mode="before")
     @classmethod
@@ -63,15 +89,7 @@ class _Custom(_Section):
 
     @property
     def kwargs_dict(self) -> dict[str, Any]:
-        return {k: _thaw(v) for k, v in self.kwargs}
-
-
-def _thaw(value):
-    if isinstance(value, tuple) and value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value):
-        return {k: _thaw(v) for k, v in value}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
+        return self.kwargs.thaw()
 
 
 def _union(builtins: dict[str, type], custom: type, what: str):
@@ -93,8 +111,10 @@ _UNION_TAGS: set[str] = {"custom"}
 
 # --------------------------------------------------------------------------- data
 
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Strict: `true` is not the integer 1 here.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Fraction = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
 class _DataCommon(_Section):
@@ -109,7 +129,7 @@ class _DataCommon(_Section):
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must be below 1 so that training data remains")
+            raise ValueError("test_fraction: val_fraction + test_fraction must be below 1 so that training data remains")
         return self
 
 
@@ -121,8 +141,8 @@ class ClassificationData(_DataCommon):
     name: Literal["classification"] = Field(description="Generated Gaussian clusters, one per class.")
     num_examples: PositiveInt = Field(1000, description="Examples generated.")
     num_features: PositiveInt = Field(20, description="Input features.")
-    num_classes: Annotated[int, Field(ge=2)] = Field(3, description="Classes.")
-    class_sep: Annotated[float, Field(gt=0)] = Field(2.0, description="Spread of the class centres.")
+    num_classes: Annotated[int, Strict(), Field(ge=2)] = Field(3, description="Classes.")
+    class_sep: Annotated[float, Strict(), Field(gt=0)] = Field(2.0, description="Spread of the class centres.")
 
 
 class RegressionData(_DataCommon):
@@ -130,7 +150,7 @@ class RegressionData(_DataCommon):
     num_examples: PositiveInt = Field(1000, description="Examples generated.")
     num_features: PositiveInt = Field(8, description="Input features.")
     num_outputs: PositiveInt = Field(1, description="Regression targets per example.")
-    noise: Annotated[float, Field(ge=0)] = Field(0.1, description="Standard deviation of the additive noise.")
+    noise: Annotated[float, Strict(), Field(ge=0)] = Field(0.1, description="Standard deviation of the additive noise.")
 
 
 class NpzData(_DataCommon):
@@ -226,7 +246,7 @@ class LossConfig(_Custom):
         "a registered name, or `module.path:function`.",
     )
     label_smoothing: Fraction = Field(0.0, description="softmax_cross_entropy only: mix targets with uniform.")
-    delta: Annotated[float, Field(gt=0)] = Field(1.0, description="huber only: where the loss turns linear.")
+    delta: Annotated[float, Strict(), Field(gt=0)] = Field(1.0, description="huber only: where the loss turns linear.")
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -236,45 +256,45 @@ class ScheduleConfig(_Section):
     name: Literal["constant", "cosine", "warmup_cosine", "linear", "piecewise", "exponential"] = Field(
         "constant", description="Learning-rate schedule; every one starts from `optimizer.learning_rate`."
     )
-    warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description="warmup_cosine: linear warm-up from 0.")
+    warmup_steps: NonNegativeInt = Field(0, description="warmup_cosine: linear warm-up from 0.")
     decay_steps: Optional[PositiveInt] = Field(None, description="cosine, warmup_cosine, linear: steps to decay over; null: the whole run.")
-    end_value: Annotated[float, Field(ge=0)] = Field(0.0, description="cosine, warmup_cosine, linear, exponential: the final learning rate.")
+    end_value: Annotated[float, Strict(), Field(ge=0)] = Field(0.0, description="cosine, warmup_cosine, linear, exponential: the final learning rate.")
     boundaries: tuple[PositiveInt, ...] = Field((), description="piecewise: steps at which the rate is multiplied.")
-    scales: tuple[Annotated[float, Field(gt=0)], ...] = Field((), description="piecewise: the factor at each boundary.")
-    decay_rate: Annotated[float, Field(gt=0)] = Field(0.5, description="exponential: factor per `transition_steps`.")
+    scales: tuple[Annotated[float, Strict(), Field(gt=0)], ...] = Field((), description="piecewise: the factor at each boundary.")
+    decay_rate: Annotated[float, Strict(), Field(gt=0)] = Field(0.5, description="exponential: factor per `transition_steps`.")
     transition_steps: PositiveInt = Field(1000, description="exponential: steps per decay by `decay_rate`.")
 
     @model_validator(mode="after")
     def _piecewise_pairs(self):
         if len(self.boundaries) != len(self.scales):
-            raise ValueError(f"boundaries ({len(self.boundaries)}) and scales ({len(self.scales)}) must pair up")
+            raise ValueError(f"scales: {len(self.scales)} given for {len(self.boundaries)} boundaries; they must pair up")
         if list(self.boundaries) != sorted(self.boundaries):
-            raise ValueError("boundaries must be increasing")
+            raise ValueError("boundaries: must be increasing")
         return self
 
 
 class OptimizerConfig(_Section):
     name: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = Field("adam", description="The optax optimizer.")
-    learning_rate: Annotated[float, Field(gt=0)] = Field(1e-3, description="Peak learning rate.")
-    momentum: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(
+    learning_rate: Annotated[float, Strict(), Field(gt=0)] = Field(1e-3, description="Peak learning rate.")
+    momentum: Optional[Annotated[float, Strict(), Field(ge=0, lt=1)]] = Field(
         None, description="momentum, nesterov, rmsprop: momentum; null: 0.9 for momentum/nesterov, none for rmsprop."
     )
-    b1: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="adam, adamw: first-moment decay.")
-    b2: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="adam, adamw: second-moment decay.")
-    eps: Annotated[float, Field(gt=0)] = Field(1e-8, description="adam, adamw, rmsprop: denominator epsilon.")
-    decay: Annotated[float, Field(gt=0, lt=1)] = Field(0.9, description="rmsprop: squared-gradient decay.")
-    weight_decay: Annotated[float, Field(ge=0)] = Field(
+    b1: Annotated[float, Strict(), Field(ge=0, lt=1)] = Field(0.9, description="adam, adamw: first-moment decay.")
+    b2: Annotated[float, Strict(), Field(ge=0, lt=1)] = Field(0.999, description="adam, adamw: second-moment decay.")
+    eps: Annotated[float, Strict(), Field(gt=0)] = Field(1e-8, description="adam, adamw, rmsprop: denominator epsilon.")
+    decay: Annotated[float, Strict(), Field(gt=0, lt=1)] = Field(0.9, description="rmsprop: squared-gradient decay.")
+    weight_decay: Annotated[float, Strict(), Field(ge=0)] = Field(
         0.0,
         description="Weight decay of matrices and kernels (not biases or norm scales): decoupled for adamw, "
         "added to the gradient for sgd, momentum, nesterov and rmsprop; adam takes none (use adamw).",
     )
-    clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="Clip gradients to this global norm; null: no clipping.")
+    clip_grad_norm: Optional[Annotated[float, Strict(), Field(gt=0)]] = Field(None, description="Clip gradients to this global norm; null: no clipping.")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="Learning-rate schedule.")
 
     @model_validator(mode="after")
     def _adam_has_no_weight_decay(self):
         if self.name == "adam" and self.weight_decay:
-            raise ValueError("adam takes no weight_decay; use name: adamw for decoupled weight decay")
+            raise ValueError("weight_decay: adam takes none; use name: adamw for decoupled weight decay")
         return self
 
 
@@ -299,9 +319,9 @@ class LoopConfig(_Section):
     @model_validator(mode="after")
     def _length_given(self):
         if self.kind == "epochs" and self.num_epochs is None:
-            raise ValueError("kind 'epochs' needs num_epochs")
+            raise ValueError("num_epochs: required when kind is 'epochs'")
         if self.kind == "steps" and self.num_steps is None:
-            raise ValueError("kind 'steps' needs num_steps")
+            raise ValueError("num_steps: required when kind is 'steps'")
         return self
 
 
@@ -327,7 +347,7 @@ class EarlyStoppingConfig(_Section):
     metric: str = Field("loss", description="Validation metric to watch (also for checkpoint.keep_best).")
     mode: Literal["min", "max"] = Field("min", description="Whether smaller or larger `metric` is better.")
     patience: Optional[PositiveInt] = Field(None, description="Stop after N evaluations without improvement; null: never stop early.")
-    min_delta: Annotated[float, Field(ge=0)] = Field(0.0, description="Smallest change that counts as an improvement.")
+    min_delta: Annotated[float, Strict(), Field(ge=0)] = Field(0.0, description="Smallest change that counts as an improvement.")
     restore_best: bool = Field(
         True, description="With patience or keep_best: end with the best parameters (test metrics and params.npz use them)."
     )
@@ -346,11 +366,13 @@ class ParallelConfig(_Section):
     )
     coordinator_address: Optional[str] = Field(None, description="distributed: `host:port` of process 0.")
     num_processes: Optional[PositiveInt] = Field(None, description="distributed: number of processes.")
-    process_id: Optional[Annotated[int, Field(ge=0)]] = Field(None, description="distributed: this process's index.")
+    process_id: Optional[NonNegativeInt] = Field(None, description="distributed: this process's index.")
 
 
 class Config(_Section):
-    seed: int = Field(0, description="Seed of every random choice: initialisation, splits, shuffling, dropout.")
+    seed: Annotated[int, Strict(), Field(ge=0, lt=2**32)] = Field(
+        0, description="Seed of every random choice: initialisation, splits, shuffling, dropout."
+    )
     output_dir: str = Field(description="Run directory; null in a file: `runs/<config file name>`.")
     data: DataConfig = Field(description="Dataset, splits and batching; `data.name` picks the source.")
     model: ModelConfig = Field(description="Network; `model.name` picks the builder.")
@@ -468,6 +490,9 @@ def _describe(error: dict, raw: dict) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    field, sep, rest = message.partition(": ")
+    if sep and re.fullmatch(r"[a-z_]+", field):  # a cross-field check naming its field
+        key, message = f"{key}.{field}" if key else field, rest
     got = error.get("input")
     shown = "" if isinstance(got, dict) or got is None or repr(got) in message else f" (got {got!r})"
     return f"{key}: {message}{shown}" if key else f"{message}"
@@ -524,7 +549,7 @@ def config_to_dict(config: Config) -> dict:
             if isinstance(value, BaseModel):
                 value = plain(value)
             elif name == "kwargs":
-                value = _thaw(value) if value else {}
+                value = _thaw(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value
