@@ -64,6 +64,11 @@ def build_data(c, *, seed: int, key: jax.Array) -> data_lib.Splits:
 
     Float targets of shape ``[N]`` become ``[N, 1]`` so they match a network's ``[N, 1]`` output.
     """
+    if isinstance(c, cfg.CharLMData):  # a fixed, contiguous split: random windows would leak
+        splits, _ = data_lib.load_char_lm(
+            seq_len=c.seq_len, val_fraction=c.val_fraction, stride=c.stride, max_chars=c.max_chars
+        )
+        return splits
     arrays = _load_arrays(c, seed)
     if np.issubdtype(arrays.y.dtype, np.floating) and arrays.y.ndim == 1:
         arrays = arrays._replace(y=arrays.y[:, None])
@@ -78,6 +83,8 @@ def build_data(c, *, seed: int, key: jax.Array) -> data_lib.Splits:
 def infer_num_outputs(splits: data_lib.Splits, loss_name: str) -> int:
     """Output width the data asks for: classes for integer labels, else the target width."""
     ys = [s.y for s in splits if s is not None]
+    if np.issubdtype(splits.train.x.dtype, np.integer):  # token ids: outputs cover inputs and targets
+        ys += [s.x for s in splits if s is not None]
     if np.issubdtype(ys[0].dtype, np.integer):
         return 1 if loss_name == "sigmoid_binary_cross_entropy" else int(max(y.max() for y in ys)) + 1
     return int(ys[0].shape[-1]) if ys[0].ndim > 1 else 1
@@ -86,8 +93,14 @@ def infer_num_outputs(splits: data_lib.Splits, loss_name: str) -> int:
 # --------------------------------------------------------------------------- model and loss
 
 
-def build_model(c, num_outputs: int) -> nn.Module:
-    """The network named by the model section; ``num_outputs`` fills ``num_outputs: null``."""
+def build_model(c, num_outputs: int, input_shape: tuple[int, ...] = ()) -> nn.Module:
+    """The network named by the model section.
+
+    Args:
+      c: the model section.
+      num_outputs: fills ``num_outputs: null`` (and ``vocab_size: null``).
+      input_shape: one example's shape, ``[T]`` for token sequences (fills ``seq_len: null``).
+    """
     if isinstance(c, cfg.MlpModel):
         return nn.mlp(
             c.hidden_sizes, c.num_outputs or num_outputs, activation=c.activation, dropout_rate=c.dropout_rate, norm=c.norm
@@ -102,6 +115,24 @@ def build_model(c, num_outputs: int) -> nn.Module:
             activation=c.activation,
             dropout_rate=c.dropout_rate,
             norm=c.norm,
+        )
+    if isinstance(c, cfg.ResnetModel):
+        return nn.resnet(c.stage_sizes, c.num_filters, c.num_outputs or num_outputs)
+    if isinstance(c, cfg.TransformerLmModel):
+        if c.d_model % c.num_heads:
+            raise ConfigError(f"model.num_heads ({c.num_heads}) must divide model.d_model ({c.d_model})")
+        seq_len = c.seq_len or (input_shape[0] if input_shape else None)
+        if seq_len is None:
+            raise ConfigError("model.seq_len is null and the data has no sequence axis to infer it from")
+        return nn.transformer_lm(
+            c.vocab_size or num_outputs,
+            seq_len,
+            c.d_model,
+            c.num_layers,
+            c.num_heads,
+            c.mlp_dim,
+            dropout_rate=c.dropout_rate,
+            position=c.position,
         )
     fn = lookup(c.name, "model")
     kwargs = c.kwargs_dict

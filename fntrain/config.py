@@ -117,14 +117,17 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Fraction = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
-class _DataCommon(_Section):
-    val_fraction: Fraction = Field(0.1, description="Fraction of the examples held out for validation.")
-    test_fraction: Fraction = Field(0.1, description="Fraction of the examples held out for testing.")
-    standardize: bool = Field(False, description="Standardize inputs per feature with training-split statistics.")
+class _Batching(_Section):
     batch_size: PositiveInt = Field(64, description="Examples per training step.")
     eval_batch_size: Optional[PositiveInt] = Field(None, description="Examples per evaluation batch; null: 4 x batch_size.")
     shuffle: bool = Field(True, description="Reshuffle the training split every epoch (from `seed`).")
     drop_last: bool = Field(False, description="Drop each epoch's final partial batch.")
+
+
+class _DataCommon(_Batching):
+    val_fraction: Fraction = Field(0.1, description="Fraction of the examples held out for validation.")
+    test_fraction: Fraction = Field(0.1, description="Fraction of the examples held out for testing.")
+    standardize: bool = Field(False, description="Standardize inputs per feature with training-split statistics.")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -175,8 +178,21 @@ class CsvData(_DataCommon):
     delimiter: str = Field(",", description="Field separator.")
 
 
+class CharLMData(_Batching):
+    name: Literal["charlm"] = Field(
+        description="Character-level language modelling on the Python docs text shipped in `pydoc_data`: "
+        "x, y [N, seq_len] int (y is x shifted by one). The batching keys apply; there is no test split "
+        "and no standardize."
+    )
+    val_fraction: Fraction = Field(0.1, description="The text's last fraction, held out for validation.")
+    seq_len: PositiveInt = Field(128, description="Characters per training window.")
+    stride: Optional[PositiveInt] = Field(None, description="Characters between window starts; null: seq_len.")
+    max_chars: Optional[PositiveInt] = Field(None, description="Use only the first N characters; null: all ~465k.")
+
+
 _DATA = {
     "digits": DigitsData,
+    "charlm": CharLMData,
     "classification": ClassificationData,
     "regression": RegressionData,
     "npz": NpzData,
@@ -221,7 +237,26 @@ class CnnModel(_Section):
     norm: Norm = Field(None, description="Normalisation after each conv: batch, layer or null.")
 
 
-_MODELS = {"mlp": MlpModel, "cnn": CnnModel}
+class ResnetModel(_Section):
+    name: Literal["resnet"] = Field(description="Small ResNet (basic blocks, batch norm) for 8x8 to 32x32 NHWC images.")
+    stage_sizes: tuple[PositiveInt, ...] = Field((2, 2), description="Residual blocks per stage; each later stage halves the resolution.")
+    num_filters: PositiveInt = Field(16, description="Channels of the first stage (doubled per stage).")
+    num_outputs: Optional[PositiveInt] = Field(None, description="Output width; null: inferred from the data.")
+
+
+class TransformerLmModel(_Section):
+    name: Literal["transformer_lm"] = Field(description="Decoder-only causal transformer: ids [B, T] -> logits [B, T, vocab].")
+    vocab_size: Optional[PositiveInt] = Field(None, description="Token ids; null: inferred from the data.")
+    seq_len: Optional[PositiveInt] = Field(None, description="Longest sequence; null: the data's sequence length.")
+    d_model: PositiveInt = Field(128, description="Width of the residual stream.")
+    num_layers: PositiveInt = Field(2, description="Transformer blocks.")
+    num_heads: PositiveInt = Field(4, description="Attention heads (must divide d_model).")
+    mlp_dim: PositiveInt = Field(512, description="Hidden width of each block's MLP.")
+    dropout_rate: Fraction = Field(0.0, description="Dropout in the blocks.")
+    position: Literal["learned", "sinusoidal"] = Field("learned", description="Position embedding.")
+
+
+_MODELS = {"mlp": MlpModel, "cnn": CnnModel, "resnet": ResnetModel, "transformer_lm": TransformerLmModel}
 
 
 class CustomModel(_Custom):
@@ -327,6 +362,11 @@ class LoopConfig(_Section):
 
 class LogConfig(_Section):
     every_steps: PositiveInt = Field(50, description="Write mean training metrics every N steps.")
+    layer_stats: bool = Field(
+        False,
+        description="Also log per-layer gradient norms and activation statistics (on the batch of each log "
+        "step; serial networks only); off costs nothing.",
+    )
     progress: Literal["auto", "bar", "lines", "none"] = Field(
         "auto", description="auto: a progress bar on a terminal, plain lines otherwise."
     )
@@ -616,7 +656,7 @@ def reference_markdown() -> str:
     out = ["#### Top level\n", table(_rows("", Config, skip=("data", "model", *sections)))]
     for name in sections:
         out += [f"#### `{name}`\n", table(_rows(f"{name}.", Config.model_fields[name].annotation))]
-    out += ["#### `data`: every source\n", table(_rows("data.", _DataCommon))]
+    out += ["#### `data`: every source (charlm: the batching keys only)\n", table(_rows("data.", _DataCommon))]
     common = set(_DataCommon.model_fields)
     for tag, cls in {**_DATA, "<module.path:function>": CustomData}.items():
         out += [f"#### `data.name: {tag}`\n", table(_rows("data.", cls, skip=common))]

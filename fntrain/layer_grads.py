@@ -65,7 +65,7 @@ def _layers(net: Module) -> tuple[tuple[str, Module], ...]:
             f"layer_gradients needs a network built by fntrain.nn.serial (or mlp/cnn), got a {net.name!r} "
             "module; wrap it: layer_gradients(serial(net), ...), which treats it as a single layer."
         )
-    return tuple((f"{layer.name}_{i}", layer) for i, layer in enumerate(net.children))
+    return net.children
 
 
 def layer_gradients(

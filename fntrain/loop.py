@@ -29,6 +29,7 @@ from fntrain import data as data_lib
 from fntrain import nn
 from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.errors import ConfigError
+from fntrain.layer_grads import layer_stats
 from fntrain.parallel import (
     DATA_AXIS,
     Placement,
@@ -81,7 +82,8 @@ class Experiment(NamedTuple):
 
     splits: data_lib.Splits
     net: nn.Module
-    loss_fn: Any
+    loss: Any  # loss(outputs, targets) -> scalar
+    loss_fn: Any  # the step's loss_fn(params, model_state, batch, key)
     params: Any
     model_state: Any
     keys: dict[str, jax.Array]
@@ -100,8 +102,10 @@ def build_experiment(config: cfg.Config) -> Experiment:
     """
     keys = _keys(config.seed)
     splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
-    net = builders.build_model(config.model, builders.infer_num_outputs(splits, config.loss.name))
-    loss_fn = supervised_loss(net, builders.build_loss(config.loss))
+    num_outputs = builders.infer_num_outputs(splits, config.loss.name)
+    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+    loss = builders.build_loss(config.loss)
+    loss_fn = supervised_loss(net, loss)
     x, y = splits.train.x[:2], splits.train.y[:2]
     try:
         params, model_state = net.init(keys["init"], x)
@@ -112,7 +116,12 @@ def build_experiment(config: cfg.Config) -> Experiment:
             f"the data (inputs {x.shape[1:]} {x.dtype}, targets {y.shape[1:]} {y.dtype}) does not fit "
             f"model {config.model.name!r} with loss {config.loss.name!r}: {detail}"
         ) from None
-    return Experiment(splits, net, loss_fn, params, model_state, keys)
+    if config.log.layer_stats and net.name != "serial":
+        raise ConfigError(
+            f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "
+            f"model is); model {config.model.name!r} is not one"
+        )
+    return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
 
 
 def evaluate(
@@ -312,6 +321,8 @@ def train(
         batch_sharding=batch_sharding,
     )
     eval_step = make_eval_step(exp.loss_fn, metrics_sharding=placement.replicated)
+    # Backprop made visible, computed only at log steps, so the train step is untouched.
+    stats_fn = jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None
     progress = Progress(total_steps, config.log.progress if main_process else "none", stream, initial=lstate.step)
 
     def run_eval(split: str) -> dict[str, float]:
@@ -374,6 +385,10 @@ def train(
                 lstate.nonfinite_steps += int(values.pop("nonfinite"))
                 values["nonfinite_steps"] = lstate.nonfinite_steps
                 values["learning_rate"] = float(schedule(step - 1))
+                if stats_fn is not None:
+                    x, y = jax.tree.map(lambda a: a[-1], batch) if fused else batch
+                    stats = to_host(stats_fn(exp.net, ts.params, ts.model_state, x, y, exp.loss))
+                    values.update({f"layers/{k}": float(v) for k, v in stats.items() if k != "loss"})
                 rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
                 run.log(step, "train", {"epoch": step / steps_per_epoch, **values})
                 progress.report(step, {k: values[k] for k in ("loss", "accuracy") if k in values}, rate)

@@ -13,7 +13,8 @@ def _class_ids(labels: jax.Array) -> jax.Array:
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose arg-max logit is the label.
 
-    Shapes: ``logits: [N, C]``; ``labels: [N]`` int or ``[N, C]`` one-hot.
+    Shapes: ``logits: [..., C]``; ``labels: [...]`` int or ``[..., C]`` one-hot (``[N, C]``
+    for classification, ``[B, T, V]`` for sequences).
     """
     return jnp.mean(jnp.argmax(logits, axis=-1) == _class_ids(labels))
 
@@ -21,7 +22,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def top_k_accuracy(logits: jax.Array, labels: jax.Array, *, k: int = 5) -> jax.Array:
     """Fraction of rows whose label is among the ``k`` largest logits (ties broken by ``lax.top_k``)."""
     _, top = jax.lax.top_k(logits, k)
-    return jnp.mean(jnp.any(top == _class_ids(labels)[:, None], axis=-1))
+    return jnp.mean(jnp.any(top == _class_ids(labels)[..., None], axis=-1))
 
 
 def binary_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

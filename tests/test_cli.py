@@ -354,7 +354,7 @@ BAD_CASES = {
     "unknown-pool": Bad({"model": {"name": "cnn", "pool": "min"}}, needles=("model.pool", "min", "{cfg}")),
     "unknown-progress": Bad(args=("log.progress=fancy",), needles=("log.progress", "fancy", "{cfg}")),
     "unknown-data-name": Bad(args=("data.name=mnist",), needles=("data.name", "mnist", "{cfg}")),
-    "unknown-model-name": Bad({"model": {"name": "resnet"}}, needles=("model.name", "resnet", "{cfg}")),
+    "unknown-model-name": Bad({"model": {"name": "resnett"}}, needles=("model.name", "resnett", "did you mean 'resnet'", "{cfg}")),
     "unknown-loss-suggestion": Bad(args=("loss.name=softmax_crossentropy",), needles=("loss.name", "did you mean 'softmax_cross_entropy'", "{cfg}")),
     "custom-model-no-module": Bad({"model": {"name": "no_such_module:fn"}}, needles=("model.name", "no_such_module", "{cfg}")),
     "custom-model-no-attribute": Bad({"model": {"name": "fntrain.nn:no_such_fn"}}, needles=("model.name", "no_such_fn", "{cfg}")),
@@ -844,12 +844,18 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                     "labels_path": str(files / "labels.idx.gz")},
         "CsvData": {"name": "csv", **_DATA_COMMON, "path": str(files / "d.csv"), "target_column": "label",
                     "target_dtype": "float", "header": True, "delimiter": ";"},
+        "CharLMData": {"name": "charlm", "val_fraction": 0.2, "batch_size": 16, "eval_batch_size": 32, "shuffle": False,
+                       "drop_last": True, "seq_len": 16, "stride": 8, "max_chars": 4000},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
                        "kwargs": {"num_examples": 120, "num_features": 5}},
         "MlpModel": {"name": "mlp", "hidden_sizes": [16, 8], "num_outputs": 4, "activation": "gelu",
                      "dropout_rate": 0.1, "norm": "layer"},
         "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": 5, "pool": "avg", "hidden_sizes": [8],
                      "num_outputs": 10, "activation": "tanh", "dropout_rate": 0.2, "norm": "batch"},
+        "ResnetModel": {"name": "resnet", "stage_sizes": [1, 1, 1], "num_filters": 8, "num_outputs": 10},
+        "TransformerLmModel": {"name": "transformer_lm", "vocab_size": 120, "seq_len": 64, "d_model": 32,
+                               "num_layers": 3, "num_heads": 2, "mlp_dim": 64, "dropout_rate": 0.1,
+                               "position": "sinusoidal"},
         "CustomModel": {"name": "fntrain.nn:mlp", "kwargs": {"hidden_sizes": [8]}},
         "LossConfig": {"name": "fntrain.losses:huber", "kwargs": {"delta": 0.5}, "label_smoothing": 0.1, "delta": 2.0},
         "ScheduleConfig": _SCHEDULE,
@@ -857,7 +863,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                             "eps": 1e-6, "decay": 0.8, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": _SCHEDULE},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
-        "LogConfig": {"every_steps": 3, "progress": "lines"},
+        "LogConfig": {"every_steps": 3, "progress": "lines", "layer_stats": True},
         "CheckpointConfig": {"every_steps": 10, "keep": 2, "keep_best": True, "resume": True},
         "EarlyStoppingConfig": {"metric": "accuracy", "mode": "max", "patience": 3, "min_delta": 0.01,
                                 "restore_best": False},
@@ -870,8 +876,10 @@ def non_default_sections(files: Path) -> dict[str, dict]:
     }
 
 
-DATA_CLASSES = ("DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CustomData")
-MODEL_CLASSES = ("MlpModel", "CnnModel", "CustomModel")
+DATA_CLASSES = (
+    "DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CharLMData", "CustomData"
+)
+MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 
 
 def full_config(files: Path, data: str, model: str) -> dict:
@@ -944,6 +952,11 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
 
     # The file-based fields are read: non-default keys, delimiter, header and target column.
     splits = builders.build_data(config.data, seed=config.seed, key=jax.random.key(0))
+    if data == "CharLMData":
+        # 4000 characters, the last 20% held out, windows of 16 every 8 characters.
+        assert splits.test is None and splits.train.x.shape == ((3200 - 17) // 8 + 1, 16)
+        assert splits.val.x.shape == ((800 - 17) // 8 + 1, 16)
+        return
     n = 1797 if data == "DigitsData" else 120
     n_val, n_test = round(0.2 * n), round(0.15 * n)
     assert (len(splits.val.y), len(splits.test.y), len(splits.train.y)) == (n_val, n_test, n - n_val - n_test)
@@ -993,6 +1006,9 @@ MINIMAL_SECTIONS = {
     "CustomData": ("data", {"name": "fntrain.data:make_classification"}),
     "MlpModel": ("model", {"name": "mlp"}),
     "CnnModel": ("model", {"name": "cnn"}),
+    "ResnetModel": ("model", {"name": "resnet"}),
+    "TransformerLmModel": ("model", {"name": "transformer_lm"}),
+    "CharLMData": ("data", {"name": "charlm"}),
     "CustomModel": ("model", {"name": "fntrain.nn:mlp"}),
     "LossConfig": ("loss", {}),
     "ScheduleConfig": ("optimizer.schedule", {}),

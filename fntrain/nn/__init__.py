@@ -7,8 +7,8 @@ from fntrain.nn.attention import (
     multi_head_attention,
     sinusoidal_position_embedding,
 )
-from fntrain.nn.blocks import basic_block, named_serial, transformer_block
-from fntrain.nn.core import Module, output_shape, residual, serial, stateless
+from fntrain.nn.blocks import basic_block, transformer_block
+from fntrain.nn.core import Module, named_serial, output_shape, residual, serial, stateless
 from fntrain.nn.layers import (
     ACTIVATIONS,
     activation,

@@ -13,48 +13,7 @@ import jax
 
 from fntrain.nn import layers as L
 from fntrain.nn.attention import _project, multi_head_attention
-from fntrain.nn.core import Module, output_shape
-
-
-def named_serial(*named_layers: tuple[str, Module]) -> Module:
-    """Like :func:`~fntrain.nn.serial`, but each layer's parameters live under the name given.
-
-    Layers without parameters (or state) leave no key, as in ``serial``.
-
-    Example:
-      >>> net = named_serial(("conv", conv2d(8)), ("bn", batch_norm()), ("act", relu))
-      >>> params, state = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-      >>> sorted(params), sorted(state)
-      (['bn', 'conv'], ['bn'])
-    """
-    names = [name for name, _ in named_layers]
-    layers = tuple(layer for _, layer in named_layers)
-    if not layers:
-        raise ValueError("named_serial needs at least one (name, layer) pair")
-    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"named_serial names must be distinct non-empty strings, got {names}")
-
-    def init(key, x):
-        params, state = {}, {}
-        for name, layer, layer_key in zip(names, layers, jax.random.split(key, len(layers))):
-            p, s = layer.init(layer_key, x)
-            if p:
-                params[name] = p
-            if s:
-                state[name] = s
-            x = output_shape(layer, p, s, x)
-        return params, state
-
-    def apply(params, state, x, *, train=False, key=None):
-        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
-        new_state = {}
-        for name, layer, layer_key in zip(names, layers, keys):
-            x, s = layer.apply(params.get(name, {}), state.get(name, {}), x, train=train, key=layer_key)
-            if s:
-                new_state[name] = s
-        return x, new_state
-
-    return Module(init, apply, "named_serial", layers)
+from fntrain.nn.core import Module, named_serial, output_shape
 
 
 def basic_block(features: int, *, strides: int = 1) -> Module:

@@ -28,7 +28,8 @@ class Module(NamedTuple):
       init: ``init(key, x) -> (params, state)``.
       apply: ``apply(params, state, x, *, train, key) -> (y, state)``.
       name: short name; it becomes the parameter key in :func:`serial`.
-      children: sub-modules, for summaries only.
+      children: ``(key, sub-module)`` pairs of a sequence (``serial``), for summaries
+        and per-layer gradients; empty for other modules.
     """
 
     init: Callable[..., tuple[Params, State]]
@@ -57,23 +58,8 @@ def output_shape(module: Module, params: Params, state: State, x) -> jax.ShapeDt
     return out
 
 
-def _child_names(layers: tuple[Module, ...]) -> list[str]:
-    return [f"{layer.name}_{i}" for i, layer in enumerate(layers)]
-
-
-def serial(*layers: Module) -> Module:
-    """Composes layers in sequence; parameters are keyed ``"{name}_{index}"``.
-
-    Layers without parameters (activations, pooling) leave no key in ``params``.
-
-    Example:
-      >>> net = serial(dense(128), relu, dense(10))
-      >>> params, state = net.init(jax.random.key(0), jnp.zeros((1, 64)))
-      >>> sorted(params)
-      ['dense_0', 'dense_2']
-      >>> logits, state = net.apply(params, state, x, train=False, key=None)
-    """
-    names = _child_names(layers)
+def _sequence(names: list[str], layers: tuple[Module, ...]) -> Module:
+    """Applies ``layers`` in order, keeping each one's params and state under its name."""
 
     def init(key, x):
         params, state = {}, {}
@@ -95,7 +81,42 @@ def serial(*layers: Module) -> Module:
                 new_state[name] = s
         return x, new_state
 
-    return Module(init, apply, "serial", tuple(layers))
+    return Module(init, apply, "serial", tuple(zip(names, layers)))
+
+
+def serial(*layers: Module) -> Module:
+    """Composes layers in sequence; parameters are keyed ``"{name}_{index}"``.
+
+    Layers without parameters (activations, pooling) leave no key in ``params``.
+    ``net.children`` holds the ``(key, layer)`` pairs, for summaries and per-layer gradients.
+
+    Example:
+      >>> net = serial(dense(128), relu, dense(10))
+      >>> params, state = net.init(jax.random.key(0), jnp.zeros((1, 64)))
+      >>> sorted(params)
+      ['dense_0', 'dense_2']
+      >>> logits, state = net.apply(params, state, x, train=False, key=None)
+    """
+    if not layers:
+        raise ValueError("serial needs at least one layer")
+    return _sequence([f"{layer.name}_{i}" for i, layer in enumerate(layers)], layers)
+
+
+def named_serial(*named_layers: tuple[str, Module]) -> Module:
+    """Like :func:`serial`, but each layer's parameters live under the name given.
+
+    Example:
+      >>> net = named_serial(("conv", conv2d(8)), ("bn", batch_norm()), ("act", relu))
+      >>> params, state = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+      >>> sorted(params), sorted(state)
+      (['bn', 'conv'], ['bn'])
+    """
+    names = [name for name, _ in named_layers]
+    if not names:
+        raise ValueError("named_serial needs at least one (name, layer) pair")
+    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"named_serial names must be distinct non-empty strings, got {names}")
+    return _sequence(names, tuple(layer for _, layer in named_layers))
 
 
 def residual(*layers: Module) -> Module:
@@ -120,4 +141,4 @@ def residual(*layers: Module) -> Module:
         y, s = branch.apply(params.get("branch", {}), state.get("branch", {}), x, train=train, key=key)
         return x + y, ({"branch": s} if s else {})
 
-    return Module(init, apply, "residual", (branch,))
+    return Module(init, apply, "residual")

@@ -145,9 +145,10 @@ def depthwise_conv2d(
     def init(key, x):
         _require_rank("depthwise_conv2d", x, 4, "[N, H, W, C]")
         dtype, features = _param_dtype(x), x.shape[-1] * channel_multiplier
-        params = {"w": w_init(key, (*kernel, 1, features), dtype)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel, 1, features), dtype)}
         if use_bias:
-            params["b"] = b_init(key, (features,), dtype)
+            params["b"] = b_init(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):

@@ -6,7 +6,6 @@ from typing import Optional, Sequence
 
 from fntrain.nn import attention as A
 from fntrain.nn import blocks as B
-from fntrain.nn import initializers
 from fntrain.nn import layers as L
 from fntrain.nn.core import Module, serial
 
@@ -137,7 +136,7 @@ def transformer_lm(
             "choose num_heads dividing d_model."
         )
     layers = [
-        ("embed", L.embedding(vocab_size, d_model, w_init=initializers.normal(1.0))),
+        ("embed", L.embedding(vocab_size, d_model)),
         ("pos", _POSITIONS[position](seq_len)),
     ]
     layers += [

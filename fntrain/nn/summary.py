@@ -24,8 +24,7 @@ def summary(net: Module, x) -> str:
     params, state = jax.eval_shape(net.init, jax.random.key(0), x)
     rows = [("input", str(tuple(x.shape)), "")]
     if net.name == "serial":
-        for i, layer in enumerate(net.children):
-            name = f"{layer.name}_{i}"
+        for name, layer in net.children:
             p, s = params.get(name, {}), state.get(name, {})
             x = output_shape(layer, p, s, x)
             rows.append((name, str(tuple(x.shape)), f"{count_params(p):,}" if p else ""))
