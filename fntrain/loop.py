@@ -363,6 +363,7 @@ def train(
 
     start_step = lstate.step
     window_start, window_examples, examples = time.perf_counter(), 0, 0
+    steady_examples, steady_seconds, first_window = 0, 0.0, True  # the first window pays for compilation
     start, eval_seconds = time.perf_counter(), 0.0
     stopped_early = False
     pending = next_dispatch(lstate.step) if lstate.step < total_steps else None
@@ -389,7 +390,11 @@ def train(
                     x, y = jax.tree.map(lambda a: a[-1], batch) if fused else batch
                     stats = to_host(stats_fn(exp.net, ts.params, ts.model_state, x, y, exp.loss))
                     values.update({f"layers/{k}": float(v) for k, v in stats.items() if k != "loss"})
-                rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                elapsed = time.perf_counter() - window_start
+                rate = window_examples / max(elapsed, 1e-9)
+                if not first_window:
+                    steady_examples, steady_seconds = steady_examples + window_examples, steady_seconds + elapsed
+                first_window = False
                 run.log(step, "train", {"epoch": step / steps_per_epoch, **values})
                 progress.report(step, {k: values[k] for k in ("loss", "accuracy") if k in values}, rate)
                 lstate.final["train"] = values
@@ -458,6 +463,7 @@ def train(
         "wall_time_s": time.perf_counter() - start,
         "train_time_s": train_seconds,
         "examples_per_second": examples / max(train_seconds, 1e-9),
+        "steady_examples_per_second": steady_examples / steady_seconds if steady_seconds else None,
         "num_params": nn.count_params(ts.params),
         "devices": [str(d) for d in placement.mesh.devices.flat],
         "processes": jax.process_count(),

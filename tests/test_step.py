@@ -181,3 +181,35 @@ def test_classification_converges():
     for _ in range(200):
         ts, metrics = step(ts, (x, y))
     assert float(metrics["loss"]) < 0.1 and float(metrics["accuracy"]) > 0.97
+
+
+def _kernel_shaped_convolutions(step, ts, batch, kernel_shapes) -> list[str]:
+    """Convolutions in the compiled step whose output is a kernel: kernel-gradient convolutions."""
+    text = step.lower(ts, batch).compile().as_text()
+    shapes = {f"f32[{','.join(map(str, s))}]" for s in kernel_shapes}
+    return [line for line in text.splitlines() if "convolution(" in line and line.split("=")[1].split("{")[0].strip() in shapes]
+
+
+def test_fused_cnn_steps_have_no_kernel_gradient_convolution_in_the_scan():
+    """XLA:CPU runs a kernel-gradient convolution inside a scan body as a naive loop (50x slower);
+    fntrain's conv2d computes that gradient with matmuls, so none may appear in a fused step."""
+    net = ft.nn.serial(ft.nn.conv2d(8), ft.nn.relu, ft.nn.conv2d(16), ft.nn.relu, ft.nn.flatten, ft.nn.dense(10))
+    xs, ys = jnp.ones((4, 4, 8, 8, 1)), jnp.zeros((4, 4), jnp.int32)
+    params, state = net.init(jax.random.key(0), xs[0])
+    kernels = [(3, 3, 1, 8), (3, 3, 8, 16)]
+    opt = optax.sgd(0.1)
+    ts = ft.TrainState.create(params, state, opt, key=jax.random.key(0))
+    fused = ft.make_train_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy), opt, steps_per_dispatch=4)
+    assert _kernel_shaped_convolutions(fused, ts, (xs, ys), kernels) == []
+
+    # Control: the same network written with lax's convolution shows what the check catches.
+    def lax_loss(params, state, batch, key):
+        x, y = batch
+        dn = ("NHWC", "HWIO", "NHWC")
+        for name in ("conv2d_0", "conv2d_2"):
+            x = jax.nn.relu(jax.lax.conv_general_dilated(x, params[name]["w"], (1, 1), "SAME", dimension_numbers=dn))
+        logits = x.reshape(x.shape[0], -1) @ params["dense_5"]["w"]
+        return ft.losses.softmax_cross_entropy(logits, y), (state, {})
+
+    control = ft.make_train_step(lax_loss, opt, steps_per_dispatch=4)
+    assert len(_kernel_shaped_convolutions(control, ts, (xs, ys), kernels)) == 2
