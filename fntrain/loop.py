@@ -310,6 +310,7 @@ def train(
     if restored is not None:
         say(f"resumed from {checkpointer.latest.directory}/{lstate.step} (step {lstate.step})")
 
+    throttle = placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
     fused = loop.steps_per_dispatch > 1
     batch_sharding = NamedSharding(placement.mesh, P(None, DATA_AXIS)) if fused else placement.batch
     train_step = make_train_step(
@@ -377,6 +378,10 @@ def train(
             pending = next_dispatch(step) if step < total_steps else None
             lstate.window.append(metrics)
             lstate.data_position = position
+            if throttle:
+                # Simulated CPU devices share the host's cores; a deep queue of collective programs
+                # can starve one device thread past XLA's 40 s rendezvous limit. One step in flight.
+                jax.block_until_ready(metrics)
             window_examples += count * dc.batch_size if count > 1 else jax.tree.leaves(batch)[0].shape[0]
             progress.advance(count)
 
