@@ -6,6 +6,7 @@ so a crash never leaves a half-written ``summary.json`` or ``params.npz``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -147,16 +148,9 @@ class RunDir:
         if not self.writer:
             return
         arrays = {**flatten_tree(params, "params"), **flatten_tree(model_state, "model_state")}
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{PARAMS}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / PARAMS)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(self.path / PARAMS, buffer.getvalue())
 
     def load_params(self, params_template, state_template):
         """Loads ``params.npz`` into the structure of the templates (shapes checked)."""
