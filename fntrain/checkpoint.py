@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from fntrain.errors import ConfigError
+from fntrain.nn.summary import path_str
 from fntrain.state import TrainState
 
 LATEST_DIR = "checkpoints"
@@ -50,7 +51,7 @@ def _abstract(tree):
 def param_shapes(params) -> dict[str, list[int]]:
     """``{"dense_0/w": [64, 128], ...}``: what a checkpoint records to explain a mismatch."""
     return {
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): list(leaf.shape)
+        path_str(path): list(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
 

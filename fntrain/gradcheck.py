@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fntrain.nn.summary import path_str
 
 __all__ = ["GradCheckRow", "format_table", "gradcheck", "passed", "path_str"]
 
@@ -39,19 +41,6 @@ class GradCheckRow(NamedTuple):
     grad_scale: float
     max_abs_error: float
     max_rel_error: float
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """A ``jax.tree_util`` key path as ``"a/b/0"``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _to_f64(tree):

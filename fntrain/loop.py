@@ -213,9 +213,8 @@ class _SignalGuard:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, stream: TextIO):
+    def __init__(self):
         self.received: Optional[int] = None
-        self.stream = stream
         self.previous: dict = {}
 
     def _handle(self, signum, frame):
@@ -368,7 +367,7 @@ def train(
     start, eval_seconds = time.perf_counter(), 0.0
     stopped_early = False
     pending = next_dispatch(lstate.step) if lstate.step < total_steps else None
-    with _SignalGuard(stream) as guard:
+    with _SignalGuard() as guard:
         while pending is not None and not stopped_early:
             count, batch, position = pending
             ts, metrics = train_step(ts, batch)

@@ -19,6 +19,7 @@ import numpy as np
 
 from fntrain import config as cfg
 from fntrain.errors import ConfigError
+from fntrain.nn.summary import path_str
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -46,8 +47,7 @@ def flatten_tree(tree, prefix: str) -> dict[str, np.ndarray]:
     """``{"dense_0": {"w": a}}`` -> ``{"<prefix>/dense_0/w": a}``."""
     flat = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        flat["/".join([prefix, *keys])] = np.asarray(leaf)
+        flat[f"{prefix}/{path_str(path)}"] = np.asarray(leaf)
     return flat
 
 
@@ -59,7 +59,7 @@ def unflatten_like(template, arrays: dict[str, np.ndarray], prefix: str, source:
         raise ConfigError(f"{source}: no array for parameter {missing[0]!r}; the file was written by another model")
     leaves = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(template):
-        name = "/".join([prefix, *[str(getattr(k, "key", getattr(k, "idx", k))) for k in path]])
+        name = f"{prefix}/{path_str(path)}"
         array = arrays[name]
         if array.shape != tuple(leaf.shape):
             raise ConfigError(

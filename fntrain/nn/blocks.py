@@ -13,7 +13,7 @@ import jax
 
 from fntrain.nn import layers as L
 from fntrain.nn.attention import _project, multi_head_attention
-from fntrain.nn.core import Module, named_serial, output_shape
+from fntrain.nn.core import Module, named_serial
 
 
 def basic_block(features: int, *, strides: int = 1) -> Module:

@@ -9,6 +9,19 @@ import jax
 from fntrain.nn.core import Module, output_shape
 
 
+def path_str(path) -> str:
+    """A ``jax.tree_util`` key path as ``"dense_0/w"``: how parameters are named in files and logs."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def count_params(params) -> int:
     """Number of scalars in a parameter pytree (arrays or ``ShapeDtypeStruct``s)."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
