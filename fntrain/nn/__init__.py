@@ -33,6 +33,7 @@ from fntrain.nn.layers import (
     tanh,
 )
 from fntrain.nn.models import cnn, mlp, resnet, transformer_lm
+from fntrain.nn.precision import cast_floating, mixed_precision
 from fntrain.nn.summary import count_params, summary
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "avg_pool",
     "basic_block",
     "batch_norm",
+    "cast_floating",
     "cnn",
     "conv2d",
     "count_params",
@@ -59,6 +61,7 @@ __all__ = [
     "layer_norm",
     "learned_position_embedding",
     "max_pool",
+    "mixed_precision",
     "mlp",
     "multi_head_attention",
     "named_serial",

@@ -294,6 +294,11 @@ def dropout(rate: float) -> Module:
 # --------------------------------------------------------------------------- normalisation
 
 
+def _stats_dtype(x):
+    """Normalisation statistics are computed in at least float32 (bfloat16 inputs are upcast)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def layer_norm(*, eps: float = 1e-5, use_scale: bool = True, use_offset: bool = True) -> Module:
     """Normalises the last axis to mean 0 and variance 1, then scales and offsets it.
 
@@ -310,14 +315,15 @@ def layer_norm(*, eps: float = 1e-5, use_scale: bool = True, use_offset: bool = 
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        y = (x - mean) * lax.rsqrt(var + eps)
+        z = x.astype(_stats_dtype(x))
+        mean = jnp.mean(z, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
+        y = (z - mean) * lax.rsqrt(var + eps)
         if use_scale:
             y = y * params["scale"]
         if use_offset:
             y = y + params["offset"]
-        return y, state
+        return y.astype(x.dtype), state
 
     return Module(init, apply, "layer_norm")
 
@@ -345,18 +351,19 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5) -> Module:
         return params, state
 
     def apply(params, state, x, *, train=False, key=None):
+        z = x.astype(_stats_dtype(x))
         if train:
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            mean = jnp.mean(z, axis=axes)
+            var = jnp.mean(jnp.square(z - mean), axis=axes)
             state = {
                 "mean": momentum * state["mean"] + (1.0 - momentum) * lax.stop_gradient(mean),
                 "var": momentum * state["var"] + (1.0 - momentum) * lax.stop_gradient(var),
             }
         else:
             mean, var = state["mean"], state["var"]
-        y = (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["offset"]
-        return y, state
+        y = (z - mean) * lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        return y.astype(x.dtype), state
 
     return Module(init, apply, "batch_norm")
 
@@ -373,8 +380,9 @@ def rms_norm(*, eps: float = 1e-6) -> Module:
         return {"scale": jnp.ones((x.shape[-1],), _param_dtype(x))}, {}
 
     def apply(params, state, x, *, train=False, key=None):
-        y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
-        return y * params["scale"], state
+        z = x.astype(_stats_dtype(x))
+        y = z * lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + eps)
+        return (y * params["scale"]).astype(x.dtype), state
 
     return Module(init, apply, "rms_norm")
 
@@ -409,12 +417,12 @@ def group_norm(num_groups: int, *, eps: float = 1e-5) -> Module:
 
     def apply(params, state, x, *, train=False, key=None):
         check(x)
-        grouped = x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+        grouped = x.astype(_stats_dtype(x)).reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # every axis but the batch and the group
         mean = jnp.mean(grouped, axis=axes, keepdims=True)
         var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
         y = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
-        return y * params["scale"] + params["offset"], state
+        return (y * params["scale"] + params["offset"]).astype(x.dtype), state
 
     return Module(init, apply, "group_norm")
 
