@@ -414,6 +414,11 @@ class Config(_Section):
         0, description="Seed of every random choice: initialisation, splits, shuffling, dropout."
     )
     output_dir: str = Field(description="Run directory; null in a file: `runs/<config file name>`.")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Compute dtype of the network. bfloat16: mixed precision, with float32 master parameters, "
+        "gradients, optimizer state, normalisation statistics and loss (`fntrain.nn.mixed_precision`).",
+    )
     data: DataConfig = Field(description="Dataset, splits and batching; `data.name` picks the source.")
     model: ModelConfig = Field(description="Network; `model.name` picks the builder.")
     loss: LossConfig = Field(LossConfig(), description="Loss function.")

@@ -104,6 +104,8 @@ def build_experiment(config: cfg.Config) -> Experiment:
     splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
     num_outputs = builders.infer_num_outputs(splits, config.loss.name)
     net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+    if config.precision != "float32":
+        net = nn.mixed_precision(net, config.precision)
     loss = builders.build_loss(config.loss)
     loss_fn = supervised_loss(net, loss)
     x, y = splits.train.x[:2], splits.train.y[:2]

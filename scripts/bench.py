@@ -1,25 +1,42 @@
-"""Training throughput of fntrain against a hand-written JAX step, on four workloads.
+"""Training throughput of fntrain against a hand-written JAX step and other frameworks.
 
-    python scripts/bench.py                       # all workloads, the table at the end
-    python scripts/bench.py --workloads W1 --windows 5
+    python scripts/bench.py                       # all workloads and installed peers, tables at the end
+    python scripts/bench.py --workloads W1 --windows 5 --peers flax-linen,torch
+    python scripts/bench.py --peers none          # fntrain and the hand-written step only
     python scripts/bench.py --tiny                # a seconds-long smoke run (used by the tests)
 
-Each workload runs in fresh processes, interleaved:
+Each workload runs in fresh processes, interleaved within each of ``--rounds`` rounds:
   * "plain": the hand-written step (jax.jit + optax + donation) in a process that never
     imports fntrain, i.e. what a user gets with the defaults of a plain Python process;
   * "fntrain": a process that imports fntrain (so fntrain's allocator setting is in force) and
     times, in the same process, the hand-written step again, fntrain's step with K=1 and
-    K=`--fuse` fused steps, and the end-to-end `fntrain.train` loop.
-Rates are steady-state examples/s (medians over windows, after compilation); ratios are
-to the plain hand-written step; "roofline" is model FLOPs/s over a 2048x2048 float32
-matmul's FLOPs/s measured in the same process.
+    K=`--fuse` fused steps, the end-to-end `fntrain.train` loop, and the K=1 step with bfloat16 compute (`fntrain.nn.mixed_precision`);
+  * "peer:NAME": one process per peer framework (never imports fntrain) that trains the same
+    network, loss (softmax cross-entropy on integer labels, mean), optimizer (Adam, lr 1e-3)
+    and batch, written the way a user of that framework writes it. JAX-based peers also time
+    the hand-written step in the same process, for a same-process ratio. The peers:
+      flax-linen     linen module, flax TrainState, jax.jit with donation, optax
+      flax-nnx       nnx module, nnx.Optimizer, nnx.jit
+      equinox        eqx modules (per-example, vmapped), eqx.filter_jit, optax
+      haiku          hk.transform, jax.jit with donation, optax
+      torch          torch.nn modules, torch.optim.Adam, eager (threads = cores)
+      torch-compile  the same with the model wrapped in torch.compile (needs a C++ compiler)
+    W3 is NHWC in Flax and Haiku, NCHW in Equinox and torch (their native layouts; the batch
+    is transposed once, outside the timing). W4 uses each framework's multi-head attention
+    module (torch: F.scaled_dot_product_attention(is_causal=True) in a hand-written block).
+    A peer whose package is not installed is skipped; its column shows n/a.
+Rates are steady-state examples/s (medians over windows, after compilation, then medians
+over rounds); ratios are to the plain hand-written step; "roofline" is model FLOPs/s over a
+2048x2048 float32 matmul's FLOPs/s measured in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,18 +169,25 @@ def make_batch(name: str, tiny: bool, seed: int = 0):
 # --------------------------------------------------------------------------- timing
 
 
-def rate(step, state, batch, *, examples: int, steps: int, windows: int) -> tuple[float, object]:
-    """Median examples/s over ``windows`` windows of ``steps`` calls, after a warm-up."""
-    import jax
+def rate(step, state, batch, *, examples: int, steps: int, windows: int, sync=None, warmup: int = 1):
+    """Median examples/s over ``windows`` windows of ``steps`` calls, after ``warmup`` calls.
 
-    state, out = step(state, batch)
-    jax.block_until_ready(out)
+    ``step(state, batch) -> (state, out)``; ``sync(out)`` waits for the work behind ``out``
+    (default ``jax.block_until_ready``).
+    """
+    if sync is None:
+        import jax
+
+        sync = jax.block_until_ready
+    for _ in range(warmup):
+        state, out = step(state, batch)
+    sync(out)
     rates = []
     for _ in range(windows):
         start = time.perf_counter()
         for _ in range(steps):
             state, out = step(state, batch)
-        jax.block_until_ready(out)
+        sync(out)
         rates.append(steps * examples / (time.perf_counter() - start))
     return statistics.median(rates), state
 
@@ -259,6 +283,11 @@ def worker_fntrain(name: str, args) -> dict:
         steps=max(1, args.steps // fuse), windows=args.windows,
     )
     results["loop"] = loop_rate(name, args, examples)
+
+    # Mixed precision: bfloat16 compute over float32 master parameters (fntrain.nn.mixed_precision).
+    bf16_loss_fn = ft.supervised_loss(ft.nn.mixed_precision(net, jnp.bfloat16), ft.losses.softmax_cross_entropy, metric_fns={})
+    kb = ft.make_train_step(bf16_loss_fn, opt)
+    results["k1_bf16"], _ = rate(kb, jax.tree.map(jnp.copy, fresh()), batch, examples=examples, steps=args.steps, windows=args.windows)
     return results
 
 

@@ -869,7 +869,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                                 "restore_best": False},
         "ParallelConfig": {"mode": "fsdp", "num_devices": 2, "distributed": True, "coordinator_address": "10.0.0.1:1234",
                            "num_processes": 2, "process_id": 1},
-        "Config": {"seed": 7, "output_dir": "runs/all", "data": "<data>", "model": "<model>", "loss": "<LossConfig>",
+        "Config": {"seed": 7, "output_dir": "runs/all", "precision": "bfloat16", "data": "<data>", "model": "<model>", "loss": "<LossConfig>",
                    "optimizer": "<OptimizerConfig>", "loop": "<LoopConfig>", "log": "<LogConfig>",
                    "checkpoint": "<CheckpointConfig>", "early_stopping": "<EarlyStoppingConfig>",
                    "parallel": "<ParallelConfig>"},
@@ -945,7 +945,7 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
     config = cfg.validate(raw, "all_fields.yaml")
     for key, values in section_values(tmp_path, data, "MlpModel").items():
         assert_section_holds(getattr(config, key), values, key)
-    assert (config.seed, config.output_dir) == (7, "runs/all")
+    assert (config.seed, config.output_dir, config.precision) == (7, "runs/all", "bfloat16")
     # Round trips: the plain dict and its YAML text validate back to the same config.
     assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
     assert cfg.validate(cfg.parse_yaml(cfg.dump_config(config), "dump"), "dump") == config
@@ -1040,6 +1040,8 @@ def test_every_documented_choice_is_accepted(cls_name, field, choice):
            "loop": {"kind": "steps", "num_steps": 5}}
     if where:
         set_dotted(raw, where, {**section, field: choice})
+    else:
+        raw[field] = choice
     config = cfg.validate(raw, "choices.yaml")
     node = config
     for part in where.split(".") if where else ():
