@@ -122,6 +122,11 @@ class _Batching(_Section):
     eval_batch_size: Optional[PositiveInt] = Field(None, description="Examples per evaluation batch; null: 4 x batch_size.")
     shuffle: bool = Field(True, description="Reshuffle the training split every epoch (from `seed`).")
     drop_last: bool = Field(False, description="Drop each epoch's final partial batch.")
+    on_device: Optional[bool] = Field(
+        None,
+        description="Keep the training split in device memory and gather each batch there, which saves a "
+        "host-to-device copy per step; null: when one process trains and the split takes at most 1 GiB.",
+    )
 
 
 class _DataCommon(_Batching):

@@ -29,6 +29,7 @@ from fntrain import data as data_lib
 from fntrain import nn
 from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.errors import ConfigError
+from fntrain.guards import CompileGuard, check_donation
 from fntrain.layer_grads import layer_stats
 from fntrain.parallel import (
     DATA_AXIS,
@@ -45,6 +46,7 @@ from fntrain.state import TrainState
 from fntrain.step import make_eval_step, make_train_step, supervised_loss
 
 EXIT_NONFINITE = 3
+DEVICE_DATA_LIMIT_BYTES = 1 << 30  # data.on_device: null keeps training splits up to this size on the device
 
 
 class TrainResult(NamedTuple):
@@ -199,9 +201,20 @@ class LoopState:
 
 
 def _window_means(window: list[dict]) -> dict[str, float]:
-    """Means over the window (``nonfinite`` is summed); the one host sync between evaluations."""
+    """Means over the window (``nonfinite`` is summed; ``grad_norm`` averages the steps that
+    computed it, and is left out if none did); the one host sync between evaluations."""
     columns = {k: jnp.concatenate([jnp.atleast_1d(m[k]) for m in window]) for k in window[0]}
-    return {k: float(v.sum() if k == "nonfinite" else v.mean()) for k, v in to_host(columns).items()}
+    means = {}
+    for k, v in to_host(columns).items():
+        if k == "nonfinite":
+            means[k] = float(v.sum())
+        elif k == "grad_norm":
+            computed = v[~np.isnan(v)]
+            if computed.size:
+                means[k] = float(computed.mean())
+        else:
+            means[k] = float(v.mean())
+    return means
 
 
 def _window_nonfinite(window: list[dict]) -> int:
@@ -318,10 +331,15 @@ def train(
         exp.loss_fn,
         optimizer,
         steps_per_dispatch=loop.steps_per_dispatch,
+        grad_norm_every_steps=config.log.every_steps,
         skip_nonfinite=loop.on_nonfinite == "skip",
         state_sharding=state_sharding,
         batch_sharding=batch_sharding,
     )
+    train_step = CompileGuard(train_step, "train_step", allowed=_batch_size_changed(2 if fused else 1))
+    # Batches gathered on the device from a resident copy of the training split: one small
+    # index transfer per dispatch instead of copying the batch from the host.
+    gather = _device_gather(dc, exp.splits.train, placement, batch_sharding)
     eval_step = make_eval_step(exp.loss_fn, metrics_sharding=placement.replicated)
     # Backprop made visible, computed only at log steps, so the train step is untouched.
     stats_fn = jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None
@@ -358,6 +376,9 @@ def train(
         while count < loop.steps_per_dispatch and not is_event(step + count):
             count += 1
         count = max(1, min(count, iterator.full_batches_left))
+        if gather is not None:
+            rows = [iterator.next_indices() for _ in range(count)]
+            return count, gather(np.stack(rows) if fused else rows[0]), iterator.state
         batches = [next(iterator) for _ in range(count)]
         batch = jax.tree.map(lambda *b: np.stack(b), *batches) if fused else batches[0]
         local = jax.tree.map(lambda a: _rows_of_process(a, fused), batch)
@@ -372,7 +393,9 @@ def train(
     with _SignalGuard() as guard:
         while pending is not None and not stopped_early:
             count, batch, position = pending
-            ts, metrics = train_step(ts, batch)
+            previous, (ts, metrics) = ts, train_step(ts, batch)
+            if lstate.step == start_step:
+                check_donation(previous, "train_step")
             lstate.step += count
             step = lstate.step
             # Prepared while the device runs this dispatch (double buffering).
@@ -478,6 +501,42 @@ def train(
     for split, values in lstate.final.items():
         say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return TrainResult(ts, lstate.final, summary, str(run.path))
+
+
+def _batch_size_changed(lead: int):
+    """Whether a new train-step signature only changed the ``lead`` leading axes of the batch
+    leaves (the loop's shorter fused dispatches and final partial batches), which is expected."""
+
+    def allowed(old, new) -> bool:
+        if old.keys() != new.keys():
+            return False
+        for path, (dtype, shape) in new.items():
+            old_dtype, old_shape = old[path]
+            is_batch = path.startswith("[1]")
+            if (dtype, shape) != (old_dtype, old_shape) and not (
+                is_batch and dtype == old_dtype and shape[lead:] == old_shape[lead:]
+            ):
+                return False
+        return True
+
+    return allowed
+
+
+def _device_gather(dc, train: data_lib.Arrays, placement: Placement, batch_sharding):
+    """``gather(rows) -> batch`` over a device-resident copy of ``train``, or None where the
+    data stays on the host (``data.on_device``)."""
+    size = train.x.nbytes + train.y.nbytes
+    if dc.on_device is None:
+        on_device = jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES
+    elif dc.on_device and jax.process_count() > 1:
+        raise ConfigError("data.on_device: true needs a single process (each process feeds its own rows); set it to null")
+    else:
+        on_device = dc.on_device
+    if not on_device:
+        return None
+    resident = jax.device_put((train.x, train.y), placement.replicated)
+    take = jax.jit(lambda data, rows: jax.tree.map(lambda a: a[rows], data), out_shardings=batch_sharding)
+    return lambda rows: take(resident, rows)
 
 
 def _window_steps(window: list[dict]) -> int:

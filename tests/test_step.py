@@ -25,7 +25,7 @@ def test_one_sgd_step_equals_hand_written_gradient_descent():
     lr = 0.1
     opt = optax.sgd(lr)
     ts = ft.TrainState.create(params, state, opt, key=jax.random.key(1))
-    step = ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt)
+    step = ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt, grad_norm_every_steps=1)
     ts, metrics = step(ts, (x, y))
 
     xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -53,11 +53,50 @@ def test_public_contract_example_runs_and_preserves_structure():
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), ts)
     step = ft.make_train_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy), opt)
     ts, metrics = step(ts, (x, y))
-    assert metrics["loss"].shape == () and set(metrics) == {"loss", "grad_norm", "nonfinite", "accuracy"}
+    assert metrics["loss"].shape == () and set(metrics) == {"loss", "nonfinite", "accuracy"}
     assert jax.tree.structure(ts) == structure
     assert jax.tree.map(lambda a: (a.shape, a.dtype), ts) == shapes
     eval_metrics = ft.make_eval_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy))(ts, (x, y))
     assert set(eval_metrics) == {"loss", "accuracy"}
+
+
+def test_grad_norm_is_computed_on_every_nth_update_and_nan_on_the_others():
+    x, y = regression_problem()
+    net = ft.nn.dense(1)
+    params, state = net.init(jax.random.key(0), x)
+    opt = optax.sgd(0.05)
+    loss_fn = ft.supervised_loss(net, ft.losses.mean_squared_error)
+    every = ft.make_train_step(loss_fn, opt, grad_norm_every_steps=1, donate=False)
+    third = ft.make_train_step(loss_fn, opt, grad_norm_every_steps=3, donate=False)
+    fused = ft.make_train_step(loss_fn, opt, grad_norm_every_steps=3, steps_per_dispatch=6, donate=False)
+    ts_every = ts_third = ft.TrainState.create(params, state, opt, key=jax.random.key(1))
+    norms_every, norms_third = [], []
+    for _ in range(6):
+        ts_every, m = every(ts_every, (x, y))
+        norms_every.append(float(m["grad_norm"]))
+        ts_third, m = third(ts_third, (x, y))
+        norms_third.append(float(m["grad_norm"]))
+        assert int(m["nonfinite"]) == 0
+    # Updates 3 and 6 (the new step is a multiple of 3) carry the same norm as computing it always.
+    np.testing.assert_array_equal(norms_third[2::3], np.asarray(norms_every)[2::3])
+    assert np.isnan([norms_third[i] for i in (0, 1, 3, 4)]).all()
+    _, m = fused(ft.TrainState.create(params, state, opt, key=jax.random.key(1)), jax.tree.map(lambda a: jnp.stack([a] * 6), (x, y)))
+    np.testing.assert_array_equal(np.asarray(m["grad_norm"]), norms_third)
+    with pytest.raises(ValueError, match="grad_norm_every_steps"):
+        ft.make_train_step(loss_fn, opt, grad_norm_every_steps=0)
+
+
+def test_nonfinite_flag_catches_a_nan_loss_without_the_gradient_norm():
+    net = ft.nn.dense(1)
+    x = jnp.ones((4, 3))
+    params, state = net.init(jax.random.key(0), x)
+    opt = optax.sgd(0.1)
+    ts = ft.TrainState.create(params, state, opt, key=jax.random.key(0))
+    step = ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt)
+    ts, m = step(ts, (x, jnp.zeros((4, 1))))
+    assert int(m["nonfinite"]) == 0
+    _, m = step(ts, (x.at[0, 0].set(jnp.nan), jnp.zeros((4, 1))))
+    assert int(m["nonfinite"]) == 1 and "grad_norm" not in m
 
 
 def test_step_compiles_once_for_same_shaped_batches():

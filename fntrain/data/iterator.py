@@ -132,11 +132,17 @@ class BatchIterator:
             self._order_epoch = epoch
         return self._order
 
-    def _next_batch(self) -> Batch:
+    def next_indices(self) -> np.ndarray:
+        """The rows ``[b] int`` of the next batch, advancing past it (for data kept elsewhere,
+        e.g. on the device: ``x[rows]`` is the batch ``next()`` would return)."""
         order = self._order_for(self._epoch)
         idx = order[self._offset:self._offset + self._batch_size]
         self._offset += len(idx)
         self._normalize()
+        return idx
+
+    def _next_batch(self) -> Batch:
+        idx = self.next_indices()
         return self._arrays.x[idx], self._arrays.y[idx]
 
     def __iter__(self) -> Iterator[Batch]:
