@@ -366,7 +366,6 @@ def flax_linen_peer(name: str, batch):
 
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     import optax
     from flax.training import train_state
 
@@ -425,7 +424,6 @@ def flax_linen_peer(name: str, batch):
 
 def flax_nnx_peer(name: str, batch):
     import jax
-    import jax.numpy as jnp
     import optax
     from flax import nnx
 
