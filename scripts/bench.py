@@ -698,6 +698,7 @@ def torch_peer(name: str, batch, *, compile: bool = False):
     y = torch.from_numpy(y.astype("int64"))
 
     def step(state, batch):
+        model, optimizer = state
         x, y = batch
         optimizer.zero_grad()
         logits = model(x)
@@ -706,7 +707,7 @@ def torch_peer(name: str, batch, *, compile: bool = False):
         optimizer.step()
         return state, loss.detach()
 
-    return step, None, (x, y), lambda loss: float(loss)
+    return step, (model, optimizer), (x, y), lambda loss: float(loss)
 
 
 PEER_BUILDERS = {

@@ -17,6 +17,7 @@ SCRIPT = ROOT / "scripts" / "bench.py"
 
 spec = importlib.util.spec_from_file_location("bench", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench  # equinox modules defined in the script look their module up
 spec.loader.exec_module(bench)
 
 INSTALLED = [p for p in bench.PEERS if bench.peer_available(p)]
@@ -90,6 +91,39 @@ def test_tiny_with_installed_peers():
 def test_tiny_all_workloads_all_peers():
     workloads = ["W1", "W2", "W3", "W4"]
     check_output(run_bench("--peers", "all"), workloads, list(bench.PEERS))
+
+
+def parameter_count(peer, state) -> int:
+    import jax
+    import numpy as np
+
+    if peer == "flax-linen":
+        params = state.params
+    elif peer == "flax-nnx":
+        from flax import nnx
+
+        params = nnx.state(state[0], nnx.Param)
+    elif peer == "equinox":
+        import equinox as eqx
+
+        params = eqx.filter(state[0], eqx.is_array)
+    elif peer == "haiku":
+        params = state[0]
+    else:
+        return sum(p.numel() for p in state[0].parameters())
+    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", [pytest.param("W1", marks=pytest.mark.slow), pytest.param("W3", marks=pytest.mark.slow), "W4"])
+@pytest.mark.parametrize("peer", [p for p in INSTALLED if p != "torch-compile"])  # torch's model
+def test_peer_trains_the_hand_written_network(peer, name):
+    """Same parameter count as the hand-written network (a cheap proxy for the same architecture)."""
+    import jax
+
+    init, _ = bench.hand_written(name)
+    expected = sum(leaf.size for leaf in jax.tree.leaves(init(jax.random.key(0))))
+    _, state, _, _ = bench.PEER_BUILDERS[peer](name, bench.make_batch(name, tiny=True))
+    assert parameter_count(peer, state) == expected
 
 
 def test_sanity_check_rejects_non_training_steps():
