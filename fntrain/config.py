@@ -367,6 +367,11 @@ class LoopConfig(_Section):
 
 class LogConfig(_Section):
     every_steps: PositiveInt = Field(50, description="Write mean training metrics every N steps.")
+    grad_norm: bool = Field(
+        False,
+        description="Also log `grad_norm`, the global L2 norm of the gradients of each log step (computed on "
+        "that step only; it still slows a small MLP's steps by a few percent, so it is opt-in).",
+    )
     layer_stats: bool = Field(
         False,
         description="Also log per-layer gradient norms and activation statistics (on the batch of each log "

@@ -147,7 +147,7 @@ def digits_raw(output_dir: str) -> dict:
         "model": {"name": "mlp", "hidden_sizes": [32]},
         "optimizer": {"name": "adam", "learning_rate": 1e-2, "schedule": {"name": "linear"}},
         "loop": {"kind": "steps", "num_steps": NUM_STEPS, "eval_every_steps": EVAL_EVERY},
-        "log": {"every_steps": LOG_EVERY, "progress": "none"},
+        "log": {"every_steps": LOG_EVERY, "grad_norm": True, "progress": "none"},
     }
 
 
@@ -865,7 +865,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                             "eps": 1e-6, "decay": 0.8, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": _SCHEDULE},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
-        "LogConfig": {"every_steps": 3, "progress": "lines", "layer_stats": True},
+        "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True},
         "CheckpointConfig": {"every_steps": 10, "keep": 2, "keep_best": True, "resume": True},
         "EarlyStoppingConfig": {"metric": "accuracy", "mode": "max", "patience": 3, "min_delta": 0.01,
                                 "restore_best": False},

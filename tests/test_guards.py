@@ -68,7 +68,8 @@ def test_donation_check_names_the_buffers_that_were_kept():
         assert check_donation(ts, "train_step")
 
 
-@pytest.mark.parametrize("extra", [[], ["loop.steps_per_dispatch=4"]], ids=["K=1", "K=4"])
+@pytest.mark.parametrize("extra", [[], ["loop.steps_per_dispatch=4", "log.grad_norm=true", "data.on_device=false"]],
+                         ids=["K=1", "K=4-grad-norm-host-data"])
 def test_training_loop_donates_and_warns_of_no_unexpected_recompile(tmp_path, extra):
     # 1257 training examples in batches of 64 leave a partial batch of 41 each epoch, and K=4
     # dispatches end early at log steps: both compile again, as the loop expects.

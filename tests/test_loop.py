@@ -33,7 +33,7 @@ def test_device_resident_data_trains_exactly_like_host_batches(tmp_path, fuse):
 
 
 def test_grad_norm_is_logged_at_log_steps(tmp_path):
-    _, lines = run(tmp_path, "run", "log.every_steps=15")
+    _, lines = run(tmp_path, "run", "log.every_steps=15", "log.grad_norm=true")
     train = [line for line in lines if line["split"] == "train"]
     # 1257 training examples in batches of 64: 20 steps an epoch, 40 in all. Logs at 15 and 30
     # carry the norm of that step; the final window (steps 31-40) has no multiple of 15.
