@@ -247,7 +247,7 @@ def test_summary_counts_parameters_without_allocating():
 
 @pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 1), "VALID"), ((3, 3), "SAME")])
 def test_conv2d_gradients_match_lax_convolution(strides, padding):
-    """conv2d's matmul kernel gradient equals the gradient of lax.conv_general_dilated."""
+    """conv2d's im2col gradients equal the gradients of lax.conv_general_dilated."""
     from fntrain.nn.layers import conv2d_nhwc
 
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.extend  # jax.extend.core is not imported by `import jax` alone
 import jax.numpy as jnp
 import numpy as np
 import optax

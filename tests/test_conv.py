@@ -1,0 +1,86 @@
+"""conv2d's im2col convolution against XLA's own convolution, forward and both gradients."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fntrain import nn
+from fntrain.nn.layers import conv2d_nhwc
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def lax_conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+
+
+GRID = list(
+    itertools.product(
+        [(1, 1), (2, 2), (2, 1)],  # strides
+        ["SAME", "VALID"],  # padding
+        [(1, 1), (3, 3), (5, 5), (3, 2)],  # kernel
+        [(1, 4), (3, 8), (5, 2)],  # (C, F)
+    )
+)
+
+
+@pytest.mark.parametrize("strides,padding,kernel,channels", GRID)
+def test_forward_and_gradients_match_lax_convolution(strides, padding, kernel, channels):
+    c, f = channels
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 9, 7, c))  # odd sizes: SAME pads unevenly, strides leave a remainder
+    w = jax.random.normal(kw, (*kernel, c, f))
+    y_ref, vjp_ref = jax.vjp(lambda x, w: lax_conv(x, w, strides, padding), x, w)
+    y, vjp = jax.vjp(lambda x, w: conv2d_nhwc(x, w, strides, padding), x, w)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    g = jax.random.normal(kg, y.shape)
+    # N(0, 1) operands; each output is a float32 sum of <= 5*5*5 = 125 products and each kernel
+    # gradient of <= 2*9*7 = 126, added in another order than XLA's: the rounding error is at most
+    # ~126 * 6e-8 * |partial sums| (<= ~12) ~ 1e-4, typically far less.
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+    for ours, ref in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_forward_mode_autodiff_matches_lax_convolution():
+    """The im2col conv is plain jnp, so jax.jvp works (the former custom_vjp refused it)."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    tx, tw = jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(jax.random.key(3), w.shape)
+    _, ours = jax.jvp(lambda x, w: conv2d_nhwc(x, w, (2, 1), "SAME"), (x, w), (tx, tw))
+    _, ref = jax.jvp(lambda x, w: lax_conv(x, w, (2, 1), "SAME"), (x, w), (tx, tw))
+    # Two float32 sums of 27 products each in another order: ~1e-5.
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_keeps_its_dtype_and_matches_float32_within_bfloat16_rounding():
+    layer = nn.conv2d(8, 3)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+    params, state = layer.init(jax.random.key(1), x.astype(jnp.bfloat16))
+    assert params["w"].dtype == jnp.bfloat16
+    y, _ = layer.apply(params, state, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    as32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    y32 = lax_conv(x.astype(jnp.bfloat16).astype(jnp.float32), as32["w"], (1, 1), "SAME") + as32["b"]
+    # Same bfloat16 inputs; the products and the 36-term sum are rounded to bfloat16 (8 bits of
+    # mantissa, relative step 2^-8 ~ 4e-3) at most a few times: a few 1e-2 on O(1) outputs.
+    np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=2e-2, atol=5e-2)
+
+
+def test_fused_scan_of_conv_steps_matches_lax_convolution():
+    """Inside lax.scan (how fused train steps run) the result is the same as XLA's convolution."""
+    xs = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+
+    def run(conv):
+        def body(w, x):
+            grad = jax.grad(lambda w: jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME"))))(w)
+            return w - 0.01 * grad, None
+
+        return jax.jit(lambda w, xs: jax.lax.scan(body, w, xs)[0])(w, xs)
+
+    # Three float32 SGD steps whose gradients are sums of <= 128 products: ~1e-5.
+    np.testing.assert_allclose(run(conv2d_nhwc), run(lax_conv), rtol=1e-5, atol=1e-5)
