@@ -287,6 +287,24 @@ def test_multi_head_attention_matches_numpy_reference(causal, padded):
     np.testing.assert_allclose(y, np_multi_head_attention(params, x, h, mask), rtol=1e-5, atol=1e-5)
 
 
+def test_attention_softmax_and_its_gradient_match_jax_nn_softmax():
+    # The attention softmax has a hand-written backward pass; it must be jax.nn.softmax's VJP.
+    from fntrain.nn.attention import _softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 4, 6)).astype(np.float32) * 3
+    logits[0, 0, 1, 2:] = np.finfo(np.float32).min  # masked keys, as dot_product_attention masks them
+    logits[1, 2, 3, :] = np.finfo(np.float32).min  # a row with every key masked averages all
+    g = rng.normal(size=logits.shape).astype(np.float32)
+    y, vjp = jax.vjp(_softmax, logits)
+    y_ref, vjp_ref = jax.vjp(lambda s: jax.nn.softmax(s, axis=-1), logits)
+    # Same float32 operations forward; the backward pass regroups one sum: ~1e-7 absolute.
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
+    assert float(y[0, 0, 1, 2:].max()) == 0.0
+    np.testing.assert_allclose(y[1, 2, 3], np.full(6, 1 / 6), rtol=1e-6)
+
+
 def test_dot_product_attention_matches_numpy_with_a_broadcast_mask():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(2, 3, 2, 4)).astype(np.float32)
