@@ -287,6 +287,42 @@ def test_multi_head_attention_matches_numpy_reference(causal, padded):
     np.testing.assert_allclose(y, np_multi_head_attention(params, x, h, mask), rtol=1e-5, atol=1e-5)
 
 
+def test_attention_softmax_and_its_gradient_match_jax_nn_softmax():
+    # The attention softmax has a hand-written backward pass; it must be jax.nn.softmax's VJP.
+    from fntrain.nn.attention import _softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 4, 6)).astype(np.float32) * 3
+    logits[0, 0, 1, 2:] = np.finfo(np.float32).min  # masked keys, as dot_product_attention masks them
+    logits[1, 2, 3, :] = np.finfo(np.float32).min  # a row with every key masked averages all
+    g = rng.normal(size=logits.shape).astype(np.float32)
+    y, vjp = jax.vjp(_softmax, logits)
+    y_ref, vjp_ref = jax.vjp(lambda s: jax.nn.softmax(s, axis=-1), logits)
+    # Same float32 operations forward; the backward pass regroups one sum: ~1e-7 absolute.
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
+    assert float(y[0, 0, 1, 2:].max()) == 0.0
+    np.testing.assert_allclose(y[1, 2, 3], np.full(6, 1 / 6), rtol=1e-6)
+
+
+@pytest.mark.parametrize("t", [2, 7, 8])
+def test_causal_attention_in_two_blocks_equals_the_full_masked_square(t):
+    # multi_head_attention(causal=True) without padding attends the first half of the queries
+    # over the first half of the keys only; values and gradients must match the full square.
+    from fntrain.nn.attention import _causal_attention
+
+    rng = np.random.default_rng(t)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, t, 3, 4)), jnp.float32) for _ in range(3))
+    g = jnp.asarray(rng.normal(size=(2, t, 3, 4)), jnp.float32)
+    full = functools.partial(nn.dot_product_attention, mask=jnp.tril(jnp.ones((t, t), bool)))
+    y, vjp = jax.vjp(_causal_attention, q, k, v)
+    y_ref, vjp_ref = jax.vjp(full, q, k, v)
+    # The same float32 operations on fewer (exactly-zero-weight) terms: ~1e-7 absolute.
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    for grad, grad_ref in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_dot_product_attention_matches_numpy_with_a_broadcast_mask():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(2, 3, 2, 4)).astype(np.float32)
