@@ -28,8 +28,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-# Threads that have no arena yet share the main one; set before XLA starts its threads.
+_M_ARENA_MAX = -8  # 1: threads that have no arena yet share the main one (set before XLA starts them)
 # Blocks up to 1 GiB come from the heap; freed memory is kept until 2 GiB lie unused at its top.
 _MMAP_THRESHOLD = 1 << 30
 _TRIM_THRESHOLD = 1 << 31
