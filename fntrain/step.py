@@ -90,7 +90,7 @@ def make_train_step(
         on every n-th update (where the new ``step % n == 0``) and NaN on the others; None:
         no ``grad_norm``. The norm is one more pass over every gradient that XLA:CPU does
         not fuse (about 6% of a small MLP's step), hence the choice; the loop asks for it
-        at its log steps. ``skip_nonfinite`` computes it on every update.
+        at its log steps when ``log.grad_norm`` is on. ``skip_nonfinite`` computes it on every update.
       donate: donate the old state's buffers to the new one (the input state is then
         invalid; keep using the returned one).
       skip_nonfinite: leave params, model state and optimizer state unchanged on a step
