@@ -335,13 +335,15 @@ def train(
         grad_norm_every_steps=config.log.every_steps if config.log.grad_norm else None,
         skip_nonfinite=loop.on_nonfinite == "skip",
     )
-    shardings = dict(state_sharding=state_sharding, batch_sharding=batch_sharding)
     allowed = _batch_size_changed(2 if fused else 1)
     # With the training split resident on the device, the step gathers its own batch inside
     # the same dispatch: per step, a transfer of row indices instead of a copy of the batch.
     resident = _resident_train_data(dc, exp.splits.train, placement)
     if resident is None:
-        train_step = CompileGuard(make_train_step(exp.loss_fn, optimizer, **step_options, **shardings), "train_step", allowed=allowed)
+        step_fn = make_train_step(
+            exp.loss_fn, optimizer, **step_options, state_sharding=state_sharding, batch_sharding=batch_sharding
+        )
+        train_step = CompileGuard(step_fn, "train_step", allowed=allowed)
     else:
         # The shardings go on the outer jit: nested in it, a step jitted with its own shardings ran 8% slower.
         step_fn = make_train_step(exp.loss_fn, optimizer, **step_options)

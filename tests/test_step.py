@@ -86,13 +86,18 @@ def test_grad_norm_is_computed_on_every_nth_update_and_nan_on_the_others():
         ft.make_train_step(loss_fn, opt, grad_norm_every_steps=0)
 
 
-def test_nonfinite_flag_catches_a_nan_loss_without_the_gradient_norm():
-    net = ft.nn.dense(1)
+def dense_mse_step(features: int):
+    """A ``dense(features)`` MSE step with SGD, its initial state, and inputs ``x: [4, 3]`` of ones."""
+    net = ft.nn.dense(features)
     x = jnp.ones((4, 3))
     params, state = net.init(jax.random.key(0), x)
     opt = optax.sgd(0.1)
     ts = ft.TrainState.create(params, state, opt, key=jax.random.key(0))
-    step = ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt)
+    return ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt), ts, x
+
+
+def test_nonfinite_flag_catches_a_nan_loss_without_the_gradient_norm():
+    step, ts, x = dense_mse_step(1)
     ts, m = step(ts, (x, jnp.zeros((4, 1))))
     assert int(m["nonfinite"]) == 0
     _, m = step(ts, (x.at[0, 0].set(jnp.nan), jnp.zeros((4, 1))))
@@ -118,12 +123,7 @@ def test_step_compiles_once_for_same_shaped_batches():
 
 
 def test_donation_consumes_the_old_state():
-    net = ft.nn.dense(2)
-    x = jnp.ones((4, 3))
-    params, state = net.init(jax.random.key(0), x)
-    opt = optax.sgd(0.1)
-    ts = ft.TrainState.create(params, state, opt, key=jax.random.key(0))
-    step = ft.make_train_step(ft.supervised_loss(net, ft.losses.mean_squared_error), opt)
+    step, ts, x = dense_mse_step(2)
     new_ts, _ = step(ts, (x, jnp.zeros((4, 2))))
     assert ts.params["w"].is_deleted() and not new_ts.params["w"].is_deleted()
 
