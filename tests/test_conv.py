@@ -17,31 +17,39 @@ def lax_conv(x, w, strides, padding):
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
 
 
-GRID = list(
-    itertools.product(
-        [(1, 1), (2, 2), (2, 1)],  # strides
-        ["SAME", "VALID"],  # padding
-        [(1, 1), (3, 3), (5, 5), (3, 2)],  # kernel
-        [(1, 4), (3, 8), (5, 2)],  # (C, F)
-    )
-)
+STRIDES = [(1, 1), (2, 2), (2, 1)]
+PADDINGS = ["SAME", "VALID"]
+KERNELS = [(1, 1), (3, 3), (5, 5), (3, 2)]
+CHANNELS = [(1, 4), (3, 8), (5, 2)]  # (C, F)
+GRID = list(itertools.product(STRIDES, PADDINGS, KERNELS, CHANNELS))
+
+
+def output_and_gradients(conv, x, w, g, strides, padding):
+    """``conv(x, w)`` and the vjp of ``g`` through it, in one jit (one compile, not one per op)."""
+
+    @jax.jit
+    def run(x, w, g):
+        y, vjp = jax.vjp(lambda x, w: conv(x, w, strides, padding), x, w)
+        return y, vjp(g)
+
+    return run(x, w, g)
 
 
 @pytest.mark.parametrize("strides,padding,kernel,channels", GRID)
 def test_forward_and_gradients_match_lax_convolution(strides, padding, kernel, channels):
     c, f = channels
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, 9, 7, c))  # odd sizes: SAME pads unevenly, strides leave a remainder
-    w = jax.random.normal(kw, (*kernel, c, f))
-    y_ref, vjp_ref = jax.vjp(lambda x, w: lax_conv(x, w, strides, padding), x, w)
-    y, vjp = jax.vjp(lambda x, w: conv2d_nhwc(x, w, strides, padding), x, w)
+    rng = np.random.default_rng(0)  # NumPy: jax.random would compile anew for every shape here
+    x = rng.standard_normal((2, 9, 7, c), np.float32)  # odd sizes: SAME pads unevenly, strides leave a remainder
+    w = rng.standard_normal((*kernel, c, f), np.float32)
+    g = rng.standard_normal(jax.eval_shape(lambda x, w: lax_conv(x, w, strides, padding), x, w).shape, np.float32)
+    y_ref, grads_ref = output_and_gradients(lax_conv, x, w, g, strides, padding)
+    y, grads = output_and_gradients(conv2d_nhwc, x, w, g, strides, padding)
     assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
-    g = jax.random.normal(kg, y.shape)
     # N(0, 1) operands; each output is a float32 sum of <= 5*5*5 = 125 products and each kernel
     # gradient of <= 2*9*7 = 126, added in another order than XLA's: the rounding error is at most
     # ~126 * 6e-8 * |partial sums| (<= ~12) ~ 1e-4, typically far less.
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
-    for ours, ref in zip(vjp(g), vjp_ref(g)):
+    for ours, ref in zip(grads, grads_ref):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
 
 
