@@ -17,7 +17,7 @@ def lax_conv(x, w, strides, padding):
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
 
 
-STRIDES = [(1, 1), (2, 2), (2, 1)]
+STRIDES = [(1, 1), (2, 2), (2, 1), (3, 3)]
 PADDINGS = ["SAME", "VALID"]
 KERNELS = [(1, 1), (3, 3), (5, 5), (3, 2)]
 CHANNELS = [(1, 4), (3, 8), (5, 2)]  # (C, F)
