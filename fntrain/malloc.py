@@ -13,7 +13,7 @@ step, K=1, 2 cores: 570 -> 940 examples/s). XLA makes few, large allocations per
 step, so one arena lock costs little.
 The costs: the process's resident memory stays near its peak, which is what a training
 process does anyway; and the one arena's lock makes a small, allocation-heavy step a little
-slower (the hand-written W1 MLP step: 3-5%, interleaved processes). glibc's
+slower (the hand-written W1 MLP step: 3-6%, interleaved processes). glibc's
 ``glibc.malloc.hugetlb=1`` tunable also removes most of the faults with per-thread arenas
 kept (W4: 212 -> 164 ms/step, against 155 with one arena), but it can only be set in
 ``GLIBC_TUNABLES`` before the process starts, not from an import.
