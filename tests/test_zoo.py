@@ -305,6 +305,30 @@ def test_attention_softmax_and_its_gradient_match_jax_nn_softmax():
     np.testing.assert_allclose(y[1, 2, 3], np.full(6, 1 / 6), rtol=1e-6)
 
 
+def test_attention_matmuls_and_their_gradients_match_plain_einsum():
+    # _scores and _mix have hand-written backward passes (a transposed operand on CPU);
+    # they must be the plain einsums' VJPs, with Tq != Tk so a swapped axis cannot hide.
+    from fntrain.nn.attention import _mix, _scores
+
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 6, 5))
+    weights, v = rng.normal(size=(2, 3, 4, 6)), rng.normal(size=(2, 3, 6, 7))
+    cases = [
+        (_scores, lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k), (q, k), (2, 3, 4, 6)),
+        (_mix, lambda w, v: jnp.einsum("bhqk,bhkd->bhqd", w, v), (weights, v), (2, 3, 4, 7)),
+    ]
+    for fn, reference, args, out_shape in cases:
+        args = tuple(jnp.asarray(a, jnp.float32) for a in args)
+        g = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+        y, vjp = jax.jit(lambda *a: jax.vjp(fn, *a))(*args)
+        y_ref, vjp_ref = jax.vjp(reference, *args)
+        # The same float32 products, summed in possibly another order: ~1e-6 relative.
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+        for grad, grad_ref in zip(vjp(g), vjp_ref(g)):
+            assert grad.shape == grad_ref.shape
+            np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("t", [2, 7, 8])
 def test_causal_attention_in_two_blocks_equals_the_full_masked_square(t):
     # multi_head_attention(causal=True) without padding attends the first half of the queries

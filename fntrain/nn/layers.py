@@ -14,6 +14,7 @@ from jax import lax
 
 from fntrain.nn import initializers
 from fntrain.nn.core import Module, stateless
+from fntrain.nn.matmul import matmul
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -67,7 +68,7 @@ def dense(
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
-        y = x @ params["w"]
+        y = matmul(x, params["w"])
         if use_bias:
             y = y + params["b"]
         return y, state
@@ -158,7 +159,7 @@ def conv2d_nhwc(x, w, strides: tuple[int, int], padding: str):
     if x.shape[-1] != c:
         raise ValueError(f"conv2d kernel expects {c} input channels, got input of shape {tuple(x.shape)}")
     patches = _patches(x, (kh, kw), strides, padding)
-    y = patches.reshape(-1, kh * kw * c) @ w.reshape(kh * kw * c, f)
+    y = matmul(patches.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, f))
     return y.reshape(*patches.shape[:3], f)
 
 
