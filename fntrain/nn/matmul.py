@@ -3,8 +3,9 @@
 The weight gradient of ``y = x @ w`` is ``x^T @ g``, contracted over every leading axis of
 ``x``. Autodiff of ``x @ w`` on ``x: [B, T, K]`` contracts two axes at once, which XLA:CPU
 lowers to a transposed copy of ``x`` and a slow matmul; :func:`matmul` flattens ``x`` to
-``[B * T, K]`` first. With the attention matmuls below, fntrain's W4 transformer train
-step went from ~135 to ~110 ms (2 cores, ``jax`` 0.10.2, interleaved processes).
+``[B * T, K]`` first. With the transposed copies in the attention's backward pass (below),
+fntrain's W4 transformer train step went from ~135 to ~110 ms (2 cores, ``jax`` 0.10.2,
+interleaved processes).
 
 A contraction over the leading axis of both operands is also slow when the rows of ``x``
 are a multiple of 128 floats long (strided reads that collide in the cache). For small
