@@ -93,16 +93,19 @@ class Checkpointer:
         self.latest = manager(LATEST_DIR, keep)
         self.best = manager(BEST_DIR, 1)
 
-    def save(self, ts: TrainState, meta: dict, *, best: bool = False) -> None:
-        """Writes ``ts`` and ``meta`` at step ``meta["step"]`` (to the best slot if ``best``)."""
+    def save(self, ts: TrainState, meta: dict, *, best: bool = False) -> str:
+        """Writes ``ts`` and ``meta`` at step ``meta["step"]`` (to the best slot if ``best``);
+        returns the checkpoint's directory."""
         manager = self.best if best else self.latest
         step = int(meta["step"])
+        path = str(Path(manager.directory) / str(step))
         if step in manager.all_steps():
-            return
+            return path
         args = self._ocp.args.Composite(
             state=self._ocp.args.StandardSave(_to_saveable(ts)), meta=self._ocp.args.JsonSave(meta)
         )
         manager.save(step, args=args, force=True)
+        return path
 
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()

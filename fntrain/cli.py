@@ -75,31 +75,28 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from fntrain.loop import build_experiment, evaluate
+    from fntrain.evaluation import evaluate
+    from fntrain.experiment import build_experiment
     from fntrain.rundir import RunDir
-    from fntrain.state import TrainState
-    from fntrain.step import make_eval_step
 
     config = _load(args)
     if config is None:
         return 0
     exp = build_experiment(config)
     params, model_state = RunDir(config.output_dir).load_params(exp.params, exp.model_state)
-    ts = TrainState(step=None, params=params, model_state=model_state, opt_state=None, key=exp.keys["step"])
-    eval_step = make_eval_step(exp.loss_fn)
     batch_size = config.data.eval_batch_size or 4 * config.data.batch_size
     results = {}
     for split in ("val", "test"):
         arrays = getattr(exp.splits, split)
         if arrays is not None:
-            results[split] = evaluate(eval_step, ts, arrays, batch_size)
+            results[split] = evaluate(exp.loss_fn, params, model_state, arrays, batch_size=batch_size)
     print(json.dumps(results, indent=2))
     return 0
 
 
 def _gradcheck(args) -> int:
+    from fntrain.experiment import build_experiment
     from fntrain.gradcheck import format_table, gradcheck, passed
-    from fntrain.loop import build_experiment
 
     config = _load(args)
     if config is None:

@@ -119,57 +119,59 @@ def gradcheck(
                 f"gradcheck: parameter {path_str(path)!r} has dtype {jnp.result_type(leaf)}; gradients need "
                 "floating-point parameters (move integer leaves into model_state or the batch)."
             )
-
-    rows = []
     with jax.enable_x64(True):
-        params, model_state, batch = _to_f64(params), _to_f64(model_state), _to_f64(batch)
-
-        def loss(p):
-            value = loss_fn(p, model_state, batch, key)[0]
-            if jnp.shape(value) != ():
-                raise ValueError(f"gradcheck: loss_fn must return a scalar loss, got shape {jnp.shape(value)}")
-            return value
-
-        # One flat float64 vector, so a single compiled function serves every perturbation.
-        leaves, treedef = jax.tree.flatten(params)
-        shapes = [np.shape(leaf) for leaf in leaves]
-        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-        flat = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
-
-        def loss_flat(v):
-            bounds = np.cumsum([0, *sizes])
-            parts = [v[lo:hi].reshape(shape) for lo, hi, shape in zip(bounds[:-1], bounds[1:], shapes)]
-            return loss(jax.tree.unflatten(treedef, parts))
-
+        flat, loss_flat, sizes = _flat_loss(loss_fn, params, model_state, batch, key)
         flat_grad = np.asarray(jax.jit(jax.grad(loss_flat))(flat), np.float64)
         loss_flat = jax.jit(loss_flat)
-
-        offset = 0
-        for (path, _), shape, size in zip(leaves_with_path, shapes, sizes):
-            g = flat_grad[offset : offset + size]
-            grad_scale = float(np.max(np.abs(g))) if size else 0.0
+        rows, offset = [], 0
+        for (path, leaf), size in zip(leaves_with_path, sizes):
+            leaf_slice = slice(offset, offset + size)
             idx = _check_indices(size, max_elements_per_param)
-            abs_err = np.zeros(len(idx))
-            rel_err = np.zeros(len(idx))
-            for j, i in enumerate(offset + idx):
-                plus, minus = flat.copy(), flat.copy()
-                plus[i] += eps
-                minus[i] -= eps
-                fd = (float(loss_flat(plus)) - float(loss_flat(minus))) / (2 * eps)
-                abs_err[j] = abs(flat_grad[i] - fd)
-                rel_err[j] = abs_err[j] / max(grad_scale, abs(fd), 1e-8)
+            rows.append(_check_leaf(path_str(path), tuple(np.shape(leaf)), loss_flat, flat, flat_grad, leaf_slice, idx, eps))
             offset += size
-            rows.append(
-                GradCheckRow(
-                    path=path_str(path),
-                    shape=tuple(shape),
-                    num_checked=len(idx),
-                    grad_scale=grad_scale,
-                    max_abs_error=float(abs_err.max()) if len(idx) else 0.0,
-                    max_rel_error=float(rel_err.max()) if len(idx) else 0.0,
-                )
-            )
     return rows
+
+
+def _flat_loss(loss_fn, params, model_state, batch, key):
+    """``(flat float64 params, loss of a flat vector, leaf sizes)``: one flat vector, so a
+    single compiled function serves every perturbation."""
+    params, model_state, batch = _to_f64(params), _to_f64(model_state), _to_f64(batch)
+    leaves, treedef = jax.tree.flatten(params)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    flat = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
+    bounds = np.cumsum([0, *sizes])
+
+    def loss_flat(v):
+        parts = [v[lo:hi].reshape(shape) for lo, hi, shape in zip(bounds[:-1], bounds[1:], shapes)]
+        value = loss_fn(jax.tree.unflatten(treedef, parts), model_state, batch, key)[0]
+        if jnp.shape(value) != ():
+            raise ValueError(f"gradcheck: loss_fn must return a scalar loss, got shape {jnp.shape(value)}")
+        return value
+
+    return flat, loss_flat, sizes
+
+
+def _check_leaf(path: str, shape, loss_flat, flat, flat_grad, leaf: slice, idx, eps: float) -> GradCheckRow:
+    """Central differences at the leaf's elements ``idx`` against the analytic gradient."""
+    g = flat_grad[leaf]
+    grad_scale = float(np.max(np.abs(g))) if g.size else 0.0
+    abs_err, rel_err = np.zeros(len(idx)), np.zeros(len(idx))
+    for j, i in enumerate(leaf.start + idx):
+        plus, minus = flat.copy(), flat.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        fd = (float(loss_flat(plus)) - float(loss_flat(minus))) / (2 * eps)
+        abs_err[j] = abs(flat_grad[i] - fd)
+        rel_err[j] = abs_err[j] / max(grad_scale, abs(fd), 1e-8)
+    return GradCheckRow(
+        path=path,
+        shape=shape,
+        num_checked=len(idx),
+        grad_scale=grad_scale,
+        max_abs_error=float(abs_err.max()) if len(idx) else 0.0,
+        max_rel_error=float(rel_err.max()) if len(idx) else 0.0,
+    )
 
 
 # Below this absolute error a row passes whatever its relative error: central differences

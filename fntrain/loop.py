@@ -1,9 +1,15 @@
 """The outer loop: config in, a trained ``TrainState`` and a run directory out.
 
-The loop is resumable at any step: everything it carries from one step to the
-next (train state, data position, the unfinished log window, early-stopping
-bookkeeping) goes into each checkpoint, so a resumed run continues exactly as
-an uninterrupted one would, bit for bit.
+:func:`train` reads as its stages: set-up (placement, experiment, optimizer, state, run
+directory, restore), then dispatches of up to K fused steps between events, each event
+(log, evaluate, checkpoint) handled by a function of its own, then the finish
+(restore-best, test evaluation, parameters, summary). When events happen is decided in
+:mod:`fntrain.cadence` alone; outside code joins through :mod:`fntrain.callbacks`.
+
+The loop is resumable at any step: everything it carries from one step to the next
+(train state, data position, the unfinished log window, early-stopping bookkeeping)
+goes into each checkpoint, so a resumed run continues exactly as an uninterrupted one
+would, bit for bit.
 """
 
 from __future__ import annotations
@@ -15,10 +21,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, TextIO
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TextIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -27,23 +32,24 @@ from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
+from fntrain.cadence import Cadence
+from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
 from fntrain.checkpoint import Checkpointer, param_shapes
+from fntrain.dispatch import Dispatch, dispatches
+from fntrain.early_stopping import EarlyStopping
 from fntrain.errors import ConfigError
+from fntrain.evaluation import evaluate_arrays, make_eval_stats_step
+from fntrain.experiment import Experiment, build_experiment, metric_names
 from fntrain.guards import CompileGuard, check_donation
 from fntrain.layer_grads import layer_stats
-from fntrain.parallel import (
-    DATA_AXIS,
-    Placement,
-    gather_to_host,
-    initialize_distributed,
-    make_placement,
-    process_rows,
-    to_host,
-)
+from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, process_rows, to_host
 from fntrain.progress import Progress
 from fntrain.rundir import RunDir
 from fntrain.state import TrainState
-from fntrain.step import make_eval_step, make_train_step, supervised_loss
+from fntrain.step import fused, jit_step, make_step, on_rows, skipping_nonfinite
+from fntrain.window import LogWindow
+
+__all__ = ["Interrupted", "NonFiniteError", "TrainResult", "build_experiment", "train"]
 
 EXIT_NONFINITE = 3
 DEVICE_DATA_LIMIT_BYTES = 1 << 30  # data.on_device: null keeps training splits up to this size on the device
@@ -79,70 +85,7 @@ class Interrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class Experiment(NamedTuple):
-    """Everything built from a config before the first step."""
-
-    splits: data_lib.Splits
-    net: nn.Module
-    loss: Any  # loss(outputs, targets) -> scalar
-    loss_fn: Any  # the step's loss_fn(params, model_state, batch, key)
-    params: Any
-    model_state: Any
-    keys: dict[str, jax.Array]
-
-
-def _keys(seed: int) -> dict[str, jax.Array]:
-    names = ("init", "split", "shuffle", "step")
-    return dict(zip(names, jax.random.split(jax.random.key(seed), len(names))))
-
-
-def build_experiment(config: cfg.Config) -> Experiment:
-    """Builds data, network and loss, and initialises parameters.
-
-    Raises:
-      ConfigError: the data does not fit the network or the loss.
-    """
-    keys = _keys(config.seed)
-    splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
-    num_outputs = builders.infer_num_outputs(splits, config.loss.name)
-    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
-    if config.precision != "float32":
-        net = nn.mixed_precision(net, config.precision)
-    loss = builders.build_loss(config.loss)
-    loss_fn = supervised_loss(net, loss)
-    x, y = splits.train.x[:2], splits.train.y[:2]
-    try:
-        params, model_state = net.init(keys["init"], x)
-        jax.eval_shape(loss_fn, params, model_state, (x, y), None)
-    except (TypeError, ValueError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"the data (inputs {x.shape[1:]} {x.dtype}, targets {y.shape[1:]} {y.dtype}) does not fit "
-            f"model {config.model.name!r} with loss {config.loss.name!r}: {detail}"
-        ) from None
-    if config.log.layer_stats and net.name != "serial":
-        raise ConfigError(
-            f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "
-            f"model is); model {config.model.name!r} is not one"
-        )
-    return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
-
-
-def evaluate(
-    eval_step, ts: TrainState, arrays: data_lib.Arrays, batch_size: int, placement: Optional[Placement] = None
-) -> dict[str, float]:
-    """Example-weighted mean metrics over ``arrays``; one host transfer at the end."""
-    totals, count = None, 0
-    for x, y in data_lib.eval_batches(arrays, batch_size):
-        batch = (x, y) if placement is None else placement.put_batch((x, y))
-        metrics = eval_step(ts, batch)
-        weighted = jax.tree.map(lambda m: m * len(x), metrics)
-        totals = weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
-        count += len(x)
-    return {k: float(v) / count for k, v in to_host(totals).items()}
-
-
-# --------------------------------------------------------------------------- host-side loop state
+# --------------------------------------------------------------------------- the loop's state
 
 
 @dataclasses.dataclass
@@ -152,32 +95,27 @@ class LoopState:
     Attributes:
       step: steps done.
       data_position: the training iterator's next ``(epoch, offset)``.
-      window: metrics since the last log line, one dict per dispatch (device arrays, ``[]``
-        or ``[K]`` for fused steps).
-      best_step, best_metrics: the evaluation with the best ``early_stopping.metric`` so far.
-      evals_without_improvement: evaluations since ``best_step``.
+      window: training metrics since the last log line.
+      early: the best evaluation so far (:class:`~fntrain.early_stopping.EarlyStopping`).
       nonfinite_steps: updates skipped as non-finite (``on_nonfinite: skip``).
       final: the latest metrics per split, for the summary.
+      stopped_early: early stopping ended the run.
     """
 
     step: int = 0
     data_position: data_lib.IteratorState = data_lib.IteratorState()
-    window: list = dataclasses.field(default_factory=list)
-    best_step: Optional[int] = None
-    best_metrics: Optional[dict] = None
-    evals_without_improvement: int = 0
+    window: LogWindow = dataclasses.field(default_factory=LogWindow)
+    early: EarlyStopping = EarlyStopping()
     nonfinite_steps: int = 0
     final: dict = dataclasses.field(default_factory=dict)
+    stopped_early: bool = False
 
     def to_meta(self, params) -> dict:
-        columns = _window_columns(self.window)
         return {
             "step": self.step,
             "data_position": self.data_position.to_dict(),
-            "window": {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in columns.items()},
-            "best_step": self.best_step,
-            "best_metrics": self.best_metrics,
-            "evals_without_improvement": self.evals_without_improvement,
+            "window": self.window.to_meta(),
+            **self.early.to_meta(),
             "nonfinite_steps": self.nonfinite_steps,
             "final": self.final,
             "param_shapes": param_shapes(params),
@@ -185,45 +123,452 @@ class LoopState:
 
     @classmethod
     def from_meta(cls, meta: dict) -> "LoopState":
-        columns = meta["window"]
-        window = [{k: jnp.asarray(c["values"], dtype=c["dtype"]) for k, c in columns.items()}] if columns else []
         return cls(
             step=meta["step"],
             data_position=data_lib.IteratorState.from_dict(meta["data_position"]),
-            window=window,
-            best_step=meta["best_step"],
-            best_metrics=meta["best_metrics"],
-            evals_without_improvement=meta["evals_without_improvement"],
+            window=LogWindow.from_meta(meta["window"]),
+            early=EarlyStopping.from_meta(meta),
             nonfinite_steps=meta["nonfinite_steps"],
             final=meta["final"],
         )
 
 
-def _window_columns(window: list[dict]) -> dict[str, np.ndarray]:
-    """The window's metrics on the host, one ``[steps]`` column per metric. The arrays are
-    fetched first and joined in NumPy: joining them on the device costs a dispatch per array."""
-    host = to_host(window)
-    return {k: np.concatenate([np.atleast_1d(m[k]) for m in host]) for k in (host[0] if host else {})}
+@dataclasses.dataclass
+class _Run:
+    """What the set-up builds for the steps and the finish (read-only after set-up)."""
+
+    config: cfg.Config
+    exp: Experiment
+    placement: Placement
+    cadence: Cadence
+    iterator: data_lib.BatchIterator
+    schedule: Callable
+    run_dir: RunDir
+    checkpointer: Checkpointer
+    callbacks: Callbacks
+    progress: Progress
+    say: Callable[[str], None]
+    train_step: Callable
+    eval_step: Callable
+    resident: Any  # the training split on the device, or None
+    stats_fn: Optional[Callable]
+    resumed_from: Optional[int]
+
+    @property
+    def track_best(self) -> bool:
+        es = self.config.early_stopping
+        return self.exp.splits.val is not None and (self.config.checkpoint.keep_best or es.patience is not None)
 
 
-def _window_means(window: list[dict]) -> dict[str, float]:
-    """Means over the window (``nonfinite`` is summed; ``grad_norm`` averages the steps that
-    computed it, and is left out if none did); the one host sync between evaluations."""
-    means = {}
-    for k, v in _window_columns(window).items():
-        if k == "nonfinite":
-            means[k] = float(v.sum())
-        elif k == "grad_norm":
-            computed = v[~np.isnan(v)]
-            if computed.size:
-                means[k] = float(computed.mean())
+class _Clock:
+    """Wall time, training time (evaluations excluded) and throughput."""
+
+    def __init__(self):
+        self.start = self.window_start = time.perf_counter()
+        self.window_examples = self.examples = self.steady_examples = 0
+        self.steady_seconds = self.eval_seconds = 0.0
+        self.first_window = True  # it pays for compilation
+
+    def window_done(self) -> None:
+        elapsed = time.perf_counter() - self.window_start
+        if not self.first_window:
+            self.steady_examples += self.window_examples
+            self.steady_seconds += elapsed
+        self.first_window = False
+        self.examples += self.window_examples
+        self.window_examples, self.window_start = 0, time.perf_counter()
+
+    def exclude(self, seconds: float) -> None:
+        self.eval_seconds += seconds
+        self.window_start += seconds
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    config: cfg.Config,
+    *,
+    overwrite: bool = False,
+    resume: Optional[bool] = None,
+    stream: TextIO | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Trains as the config says, writing the run directory; usable from notebooks.
+
+    Args:
+      config: the validated config (``fntrain.load_config``).
+      overwrite: replace a run already in ``output_dir``.
+      resume: continue from the latest checkpoint in ``output_dir`` if there is one;
+        None: ``config.checkpoint.resume``.
+      stream: where progress goes (stdout by default).
+      callbacks: objects with any of the methods of :mod:`fntrain.callbacks`, called after
+        the config's own ``callbacks``.
+
+    Example:
+      >>> config = fntrain.load_config("configs/digits_mlp.yaml", ["loop.num_epochs=2"])
+      >>> result = fntrain.train(config, overwrite=True)
+      >>> result.metrics["val"]["accuracy"]
+
+    Raises:
+      ConfigError: a bad config or data (nothing is written in that case), or a callback
+        that raised (``CallbackError``; the last checkpoint is intact).
+      NonFiniteError: the loss diverged (``loop.on_nonfinite: stop``); the last good
+        checkpoint is intact.
+      Interrupted: SIGTERM/SIGINT; a checkpoint of the current step was written.
+    """
+    resume = config.checkpoint.resume if resume is None else resume
+    with _SignalGuard() as guard:
+        run, ts, loop = _set_up(config, overwrite, resume, stream or sys.stdout, callbacks)
+        try:
+            run.callbacks.on_train_start(_run_info(run, loop))
+            clock = _Clock()
+            ts = _steps(run, ts, loop, clock, guard)
+            return _finish(run, ts, loop, clock)
+        finally:
+            run.progress.close()
+            run.checkpointer.close()
+
+
+def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_SignalGuard") -> TrainState:
+    """Dispatches until the end of the run, early stopping or a signal, handling each event."""
+    k = run.config.loop.steps_per_dispatch
+    put = None if run.resident is not None else lambda b: run.placement.global_batch(_rows_of_process(b, k > 1))
+    upcoming = dispatches(run.iterator, run.cadence, loop.step, steps_per_dispatch=k, rows_only=run.resident is not None, put=put)
+    throttle = run.placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
+    first, pending = True, next(upcoming, None)
+    while pending is not None:
+        dispatch = pending
+        previous, (ts, metrics) = ts, run.train_step(ts, dispatch.batch)
+        if first:
+            check_donation(previous, "train_step")
+            first = False
+        pending = next(upcoming, None)  # prepared while the device runs this dispatch
+        loop.step += dispatch.steps
+        loop.data_position = dispatch.position
+        loop.window.add(metrics)
+        clock.window_examples += dispatch.examples
+        if throttle:
+            # Simulated CPU devices share the host's cores; a deep queue of collective programs
+            # can starve one device thread past XLA's 40 s rendezvous limit. One step in flight.
+            jax.block_until_ready(metrics)
+        events = run.cadence.events(loop.step)
+        if events.log:
+            _log_train(run, ts, loop, dispatch, clock)
+        if events.eval and run.exp.splits.val is not None:
+            started = time.perf_counter()
+            _evaluate_val(run, ts, loop)
+            clock.exclude(time.perf_counter() - started)
+        if events.checkpoint or loop.stopped_early or guard.received:
+            _checkpoint(run, ts, loop)
+        if guard.received:
+            name = signal.Signals(guard.received).name
+            raise Interrupted(
+                f"stopped by {name} at step {loop.step}; checkpoint written to "
+                f"{run.checkpointer.latest.directory}/{loop.step}; continue with: fntrain train CONFIG --resume",
+                guard.received,
+            )
+        if loop.stopped_early:
+            break
+    return ts
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _check_finite(run: _Run, loop: LoopState) -> None:
+    """Raises NonFiniteError if the window holds a non-finite update (``on_nonfinite: stop``)."""
+    if run.config.loop.on_nonfinite != "stop" or not loop.window.nonfinite():
+        return
+    last = run.checkpointer.latest_step()
+    where = f"{run.checkpointer.latest.directory}/{last} (step {last})" if last is not None else "none was written"
+    first = loop.step - loop.window.steps + 1
+    raise NonFiniteError(
+        f"the loss or gradients became NaN/inf between steps {first} and {loop.step}; "
+        f"the last good checkpoint is {where}. Lower optimizer.learning_rate, set "
+        "optimizer.clip_grad_norm, or set loop.on_nonfinite=skip"
+    )
+
+
+def _log_train(run: _Run, ts: TrainState, loop: LoopState, dispatch: Dispatch, clock: _Clock) -> None:
+    """Writes the window's mean training metrics as one line (one host fetch of the window)."""
+    _check_finite(run, loop)
+    values = loop.window.means()
+    loop.nonfinite_steps += int(values.pop("nonfinite"))
+    values["nonfinite_steps"] = loop.nonfinite_steps
+    values["learning_rate"] = float(run.schedule(loop.step - 1))
+    if run.stats_fn is not None:
+        x, y = _last_batch(run, dispatch)
+        stats = to_host(run.stats_fn(run.exp.net, ts.params, ts.model_state, x, y, run.exp.loss))
+        values.update({f"layers/{k}": float(v) for k, v in stats.items() if k != "loss"})
+    clock.window_done()
+    run.callbacks.on_log(loop.step, "train", {"epoch": run.cadence.epoch(loop.step), **values})
+    loop.final["train"] = values
+    loop.window.clear()
+
+
+def _last_batch(run: _Run, dispatch: Dispatch):
+    """The dispatch's last batch ``(x, y)`` on the device (for layer statistics)."""
+    fused_batch = run.config.loop.steps_per_dispatch > 1
+    last = jax.tree.map(lambda a: a[-1], dispatch.batch) if fused_batch else dispatch.batch
+    return last if run.resident is None else jax.tree.map(lambda a: a[last], run.resident)
+
+
+def _evaluate(run: _Run, ts: TrainState, loop: LoopState, split: str) -> dict[str, float]:
+    """Evaluates one split, logs it and tells the callbacks."""
+    arrays = getattr(run.exp.splits, split)
+    metrics = evaluate_arrays(run.eval_step, ts, arrays, _eval_batch_size(run.config), run.placement.put_batch)
+    run.callbacks.on_log(loop.step, split, {"epoch": run.cadence.epoch(loop.step), **metrics})
+    run.callbacks.on_eval(loop.step, split, metrics, ts)
+    loop.final[split] = metrics
+    return metrics
+
+
+def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> None:
+    """Evaluates on val and updates early stopping (and the best checkpoint)."""
+    es = run.config.early_stopping
+    metrics = _evaluate(run, ts, loop, "val")
+    improved = loop.early.improved_by(metrics, metric=es.metric, mode=es.mode, min_delta=es.min_delta)
+    loop.early = loop.early.update(loop.step, metrics, metric=es.metric, mode=es.mode, min_delta=es.min_delta)
+    if improved and run.track_best:
+        _checkpoint(run, ts, loop, best=True)
+    loop.stopped_early = loop.early.should_stop(es.patience)
+    if loop.stopped_early:
+        best = loop.early.best_metrics[es.metric]
+        run.progress.write(
+            f"early stopping at step {loop.step}: val {es.metric} has not improved for "
+            f"{es.patience} evaluations (best {best:.4f} at step {loop.early.best_step})"
+        )
+
+
+def _checkpoint(run: _Run, ts: TrainState, loop: LoopState, *, best: bool = False) -> None:
+    _check_finite(run, loop)
+    path = run.checkpointer.save(ts, loop.to_meta(ts.params), best=best)
+    run.callbacks.on_checkpoint(loop.step, path)
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _finish(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock) -> TrainResult:
+    """Restores the best parameters if asked, evaluates on test, writes params and summary."""
+    train_seconds = time.perf_counter() - clock.start - clock.eval_seconds
+    es, early = run.config.early_stopping, loop.early
+    if run.track_best and es.restore_best and early.best_step is not None and early.best_step != loop.step:
+        restored = run.checkpointer.restore_best(ts)
+        if restored is None:
+            run.progress.write(f"could not read the best checkpoint (step {early.best_step}); keeping the last parameters")
         else:
-            means[k] = float(v.mean())
-    return means
+            ts = restored[0]
+            loop.final["val"] = early.best_metrics
+            run.progress.write(
+                f"restored the best parameters (step {early.best_step}, val {es.metric} {early.best_metrics[es.metric]:.4f})"
+            )
+    if run.exp.splits.test is not None:
+        _evaluate(run, ts, loop, "test")
+    run.progress.close()
+    run.run_dir.save_params(*gather_to_host((ts.params, ts.model_state)))
+    summary = _summary(run, ts, loop, clock, train_seconds)
+    run.run_dir.write_summary(summary)
+    for split, values in loop.final.items():
+        run.say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    result = TrainResult(ts, loop.final, summary, str(run.run_dir.path))
+    run.callbacks.on_train_end(result)
+    return result
 
 
-def _window_nonfinite(window: list[dict]) -> int:
-    return int(_window_columns(window).get("nonfinite", np.zeros(0)).sum())
+def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_seconds: float) -> dict:
+    early = loop.early
+    return {
+        "steps": loop.step,
+        "epochs": run.cadence.epoch(loop.step),
+        "final": loop.final,
+        "best": {"step": early.best_step, "val": early.best_metrics} if early.best_step is not None else None,
+        "stopped_early": loop.stopped_early,
+        "nonfinite_steps": loop.nonfinite_steps,
+        "resumed_from_step": run.resumed_from,
+        "wall_time_s": time.perf_counter() - clock.start,
+        "train_time_s": train_seconds,
+        "examples_per_second": clock.examples / max(train_seconds, 1e-9),
+        "steady_examples_per_second": clock.steady_examples / clock.steady_seconds if clock.steady_seconds else None,
+        "num_params": nn.count_params(ts.params),
+        "devices": [str(d) for d in run.placement.mesh.devices.flat],
+        "processes": jax.process_count(),
+    }
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, user_callbacks: Sequence[Any]):
+    """Builds everything the steps need; returns ``(run, train_state, loop_state)``."""
+    pc, dc = config.parallel, config.data
+    if pc.distributed:
+        initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
+    exp = build_experiment(config)
+    _check_early_stopping_metric(config, exp)
+    placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
+    _check_divisible(placement, dc, exp.splits.train.num_examples)
+    iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
+    steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
+    cadence = Cadence.from_config(config, steps_per_epoch)
+    optimizer, schedule = builders.build_optimizer(config.optimizer, cadence.total_steps)
+    ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
+    state_sharding = placement.state_shardings(ts)
+    ts = placement.put_state(ts, state_sharding)
+
+    run_dir, checkpointer, restored = _open_run(config, ts, overwrite=overwrite, resume=resume)
+    loop = LoopState() if restored is None else LoopState.from_meta(restored[1])
+    if restored is not None:
+        ts = restored[0]
+        run_dir.truncate_metrics(loop.step)
+    main_process = jax.process_index() == 0
+    say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
+    progress = Progress(
+        cadence.total_steps, config.log.progress if main_process else "none", stream, initial=loop.step, batch_size=dc.batch_size
+    )
+    resident = _resident_train_data(dc, exp.splits.train, placement)
+    run = _Run(
+        config=config,
+        exp=exp,
+        placement=placement,
+        cadence=cadence,
+        iterator=data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=loop.data_position, **iterator_args),
+        schedule=schedule,
+        run_dir=run_dir,
+        checkpointer=checkpointer,
+        callbacks=Callbacks([MetricsFile(run_dir), progress], user_callbacks, active=main_process),
+        progress=progress,
+        say=say,
+        train_step=_compiled_train_step(config, exp.loss_fn, optimizer, placement, state_sharding, resident),
+        eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
+        resident=resident,
+        # Backprop made visible, computed only at log steps, so the train step is untouched.
+        stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
+        resumed_from=loop.step if restored is not None else None,
+    )
+    _announce(run, loop)
+    return run, ts, loop
+
+
+def _announce(run: _Run, loop: LoopState) -> None:
+    """The model summary and the run's one-line description."""
+    splits, pc, train = run.exp.splits, run.config.parallel, run.exp.splits.train
+    run.say(nn.summary(run.exp.net, jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)))
+    run.say(
+        f"data: {train.num_examples} train / {splits.val.num_examples if splits.val else 0} val / "
+        f"{splits.test.num_examples if splits.test else 0} test examples; "
+        f"{run.cadence.total_steps} steps ({run.cadence.steps_per_epoch} per epoch); {run.placement.num_devices} "
+        f"device(s) ({pc.mode} parallel, {jax.process_count()} process(es)); output_dir {run.run_dir.path}"
+    )
+    if run.resumed_from is not None:
+        run.say(f"resumed from {run.checkpointer.latest.directory}/{loop.step} (step {loop.step})")
+
+
+def _run_info(run: _Run, loop: LoopState) -> RunInfo:
+    return RunInfo(
+        run.config, run.exp.net, run.exp.splits, str(run.run_dir.path), run.cadence.total_steps,
+        run.cadence.steps_per_epoch, loop.step,
+    )
+
+
+def _compiled_train_step(config, loss_fn, optimizer, placement: Placement, state_sharding, resident) -> Callable:
+    """The jitted train step the loop calls as ``step(ts, batch_or_rows)``, with its guards."""
+    k = config.loop.steps_per_dispatch
+    step = make_step(loss_fn, optimizer, grad_norm_every_steps=config.log.every_steps if config.log.grad_norm else None)
+    if config.loop.on_nonfinite == "skip":
+        step = skipping_nonfinite(step)
+    if k > 1:
+        step = fused(step)
+    batch_sharding = NamedSharding(placement.mesh, P(None, DATA_AXIS)) if k > 1 else placement.batch
+    allowed = _batch_size_changed(2 if k > 1 else 1)
+    if resident is None:
+        jitted = jit_step(step, state_sharding=state_sharding, batch_sharding=batch_sharding)
+        return CompileGuard(jitted, "train_step", allowed=allowed)
+    # With the training split resident on the device, the step gathers its own batch inside
+    # the same dispatch: per step, a transfer of row indices instead of a copy of the batch.
+    jitted = jit_step(
+        on_rows(step), state_sharding=state_sharding, batch_sharding=batch_sharding, extra_shardings=(placement.replicated,)
+    )
+    guarded = CompileGuard(jitted, "train_step", allowed=allowed)
+    return lambda ts, rows: guarded(ts, rows, resident)
+
+
+def _check_early_stopping_metric(config: cfg.Config, exp: Experiment) -> None:
+    """An unknown ``early_stopping.metric`` is an error before anything trains."""
+    if exp.splits.val is None:
+        return
+    names = metric_names(exp)
+    if config.early_stopping.metric not in names:
+        raise ConfigError(
+            f"early_stopping.metric: {config.early_stopping.metric!r} is not among the val metrics {sorted(names)}"
+        )
+
+
+def _eval_batch_size(config: cfg.Config) -> int:
+    return config.data.eval_batch_size or 4 * config.data.batch_size
+
+
+def _batch_size_changed(lead: int):
+    """Whether a new train-step signature only changed the ``lead`` leading axes of the batch
+    leaves (the loop's shorter fused dispatches and final partial batches), which is expected."""
+
+    def allowed(old, new) -> bool:
+        if old.keys() != new.keys():
+            return False
+        for path, (dtype, shape) in new.items():
+            old_dtype, old_shape = old[path]
+            is_batch = path.startswith("[1]")
+            if (dtype, shape) != (old_dtype, old_shape) and not (
+                is_batch and dtype == old_dtype and shape[lead:] == old_shape[lead:]
+            ):
+                return False
+        return True
+
+    return allowed
+
+
+def _resident_train_data(dc, train: data_lib.Arrays, placement: Placement):
+    """``(x, y)`` of ``train`` placed on every device of the mesh, or None where the data stays
+    on the host (``data.on_device``)."""
+    size = train.x.nbytes + train.y.nbytes
+    if dc.on_device is None:
+        on_device = jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES
+    elif dc.on_device and jax.process_count() > 1:
+        raise ConfigError("data.on_device: true needs a single process (each process feeds its own rows); set it to null")
+    else:
+        on_device = dc.on_device
+    return jax.device_put((train.x, train.y), placement.replicated) if on_device else None
+
+
+def _rows_of_process(batch, fused_batch: bool):
+    """This process's rows of a global batch (axis 1 of each leaf when fused steps stack ``[K, B, ...]``)."""
+    if not fused_batch:
+        return process_rows(batch)
+    return jax.tree.map(lambda a: np.swapaxes(process_rows(np.swapaxes(a, 0, 1)), 0, 1), batch)
+
+
+def _check_divisible(placement: Placement, dc, num_train: int) -> None:
+    placement.check_batch_size(dc.batch_size, "data.batch_size")
+    partial = num_train % dc.batch_size
+    if partial and not dc.drop_last and partial % placement.num_devices:
+        raise ConfigError(
+            f"the final partial batch of each epoch ({partial} of {num_train} training examples) does not divide "
+            f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}"
+        )
+
+
+def _open_run(config: cfg.Config, ts: TrainState, *, overwrite: bool, resume: bool):
+    """Creates the run directory, or reopens it and restores the latest checkpoint when resuming."""
+    path = Path(config.output_dir)
+    if resume and not overwrite and (path / "checkpoints").exists():
+        checkpointer = Checkpointer(path, config.checkpoint.keep)
+        restored = checkpointer.restore_latest(ts)
+        if restored is not None:
+            return RunDir.reopen(path, config), checkpointer, restored
+        checkpointer.close()
+    run = RunDir.create(path, config, overwrite=overwrite, resume_hint=not resume)
+    return run, Checkpointer(path, config.checkpoint.keep), None
 
 
 class _SignalGuard:
@@ -255,339 +600,3 @@ class _SignalGuard:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def train(
-    config: cfg.Config,
-    *,
-    overwrite: bool = False,
-    resume: Optional[bool] = None,
-    stream: TextIO | None = None,
-) -> TrainResult:
-    """Trains as the config says, writing the run directory; usable from notebooks.
-
-    Args:
-      config: the validated config (``fntrain.load_config``).
-      overwrite: replace a run already in ``output_dir``.
-      resume: continue from the latest checkpoint in ``output_dir`` if there is one;
-        None: ``config.checkpoint.resume``.
-      stream: where progress goes (stdout by default).
-
-    Example:
-      >>> config = fntrain.load_config("configs/digits_mlp.yaml", ["loop.num_epochs=2"])
-      >>> result = fntrain.train(config, overwrite=True)
-      >>> result.metrics["val"]["accuracy"]
-
-    Raises:
-      ConfigError: a bad config or data (nothing is written in that case).
-      NonFiniteError: the loss diverged (``loop.on_nonfinite: stop``); the last good
-        checkpoint is intact.
-      Interrupted: SIGTERM/SIGINT; a checkpoint of the current step was written.
-    """
-    stream = stream or sys.stdout
-    resume = config.checkpoint.resume if resume is None else resume
-    pc = config.parallel
-    if pc.distributed:
-        initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
-    main_process = jax.process_index() == 0
-    exp = build_experiment(config)
-    dc, loop, es = config.data, config.loop, config.early_stopping
-    placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
-    _check_divisible(placement, dc, exp.splits.train.num_examples)
-    iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
-    steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
-    total_steps = loop.num_epochs * steps_per_epoch if loop.kind == "epochs" else loop.num_steps
-    optimizer, schedule = builders.build_optimizer(config.optimizer, total_steps)
-    eval_batch_size = dc.eval_batch_size or 4 * dc.batch_size
-    track_best = exp.splits.val is not None and (config.checkpoint.keep_best or es.patience is not None)
-
-    ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
-    state_sharding = placement.state_shardings(ts)
-    ts = placement.put_state(ts, state_sharding)
-    run, checkpointer, restored = _open_run(config, ts, overwrite=overwrite, resume=resume)
-    lstate = LoopState() if restored is None else LoopState.from_meta(restored[1])
-    if restored is not None:
-        ts = restored[0]
-        run.truncate_metrics(lstate.step)
-    iterator = data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=lstate.data_position, **iterator_args)
-
-    x_example = jax.ShapeDtypeStruct((1, *exp.splits.train.x.shape[1:]), exp.splits.train.x.dtype)
-    say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
-    say(nn.summary(exp.net, x_example))
-    say(
-        f"data: {exp.splits.train.num_examples} train / "
-        f"{exp.splits.val.num_examples if exp.splits.val else 0} val / "
-        f"{exp.splits.test.num_examples if exp.splits.test else 0} test examples; "
-        f"{total_steps} steps ({steps_per_epoch} per epoch); {placement.num_devices} device(s) "
-        f"({pc.mode} parallel, {jax.process_count()} process(es)); output_dir {run.path}"
-    )
-    if restored is not None:
-        say(f"resumed from {checkpointer.latest.directory}/{lstate.step} (step {lstate.step})")
-
-    throttle = placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
-    fused = loop.steps_per_dispatch > 1
-    batch_sharding = NamedSharding(placement.mesh, P(None, DATA_AXIS)) if fused else placement.batch
-    step_options = dict(
-        steps_per_dispatch=loop.steps_per_dispatch,
-        grad_norm_every_steps=config.log.every_steps if config.log.grad_norm else None,
-        skip_nonfinite=loop.on_nonfinite == "skip",
-    )
-    allowed = _batch_size_changed(2 if fused else 1)
-    # With the training split resident on the device, the step gathers its own batch inside
-    # the same dispatch: per step, a transfer of row indices instead of a copy of the batch.
-    resident = _resident_train_data(dc, exp.splits.train, placement)
-    if resident is None:
-        step_fn = make_train_step(
-            exp.loss_fn, optimizer, **step_options, state_sharding=state_sharding, batch_sharding=batch_sharding
-        )
-        train_step = CompileGuard(step_fn, "train_step", allowed=allowed)
-    else:
-        # The shardings go on the outer jit: nested in it, a step jitted with its own shardings ran 8% slower.
-        step_fn = make_train_step(exp.loss_fn, optimizer, **step_options)
-        step_on_rows = CompileGuard(
-            jax.jit(
-                lambda ts, rows, data: step_fn(ts, _take(data, rows)),
-                in_shardings=(state_sharding, batch_sharding, placement.replicated),
-                out_shardings=(state_sharding, placement.replicated),
-                donate_argnums=0,
-            ),
-            "train_step",
-            allowed=allowed,
-        )
-        train_step = lambda ts, rows: step_on_rows(ts, rows, resident)  # noqa: E731
-    eval_step = make_eval_step(exp.loss_fn, metrics_sharding=placement.replicated)
-    # Backprop made visible, computed only at log steps, so the train step is untouched.
-    stats_fn = jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None
-    progress = Progress(total_steps, config.log.progress if main_process else "none", stream, initial=lstate.step)
-
-    def run_eval(split: str) -> dict[str, float]:
-        arrays = exp.splits.val if split == "val" else exp.splits.test
-        metrics = evaluate(eval_step, ts, arrays, eval_batch_size, placement)
-        run.log(lstate.step, split, {"epoch": lstate.step / steps_per_epoch, **metrics})
-        progress.write(f"{split} @ step {lstate.step}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        lstate.final[split] = metrics
-        return metrics
-
-    def check_finite(first_step: int) -> None:
-        if loop.on_nonfinite == "stop" and _window_nonfinite(lstate.window):
-            last = checkpointer.latest_step()
-            where = f"{checkpointer.latest.directory}/{last} (step {last})" if last is not None else "none was written"
-            raise NonFiniteError(
-                f"the loss or gradients became NaN/inf between steps {first_step} and {lstate.step}; "
-                f"the last good checkpoint is {where}. Lower optimizer.learning_rate, set "
-                "optimizer.clip_grad_norm, or set loop.on_nonfinite=skip"
-            )
-
-    def is_event(step: int) -> bool:
-        """Whether the loop must stop dispatching after ``step`` to log, evaluate or checkpoint."""
-        every = (config.log.every_steps, loop.eval_every_steps, config.checkpoint.every_steps)
-        epoch_end = loop.kind == "epochs" and step % steps_per_epoch == 0
-        return step == total_steps or epoch_end or any(n and step % n == 0 for n in every)
-
-    def next_dispatch(step: int):
-        """Takes the batches of the next dispatch: up to K steps, never across an event
-        or a partial batch; returns (steps, device batch, data position after them)."""
-        count = 1
-        while count < loop.steps_per_dispatch and not is_event(step + count):
-            count += 1
-        count = max(1, min(count, iterator.full_batches_left))
-        if resident is not None:  # the step takes row indices: [K, B] fused, else [B]
-            rows = np.stack([iterator.next_indices() for _ in range(count)]).astype(np.int32)
-            return count, (rows if fused else rows[0]), iterator.state
-        batches = [next(iterator) for _ in range(count)]
-        batch = jax.tree.map(lambda *b: np.stack(b), *batches) if fused else batches[0]
-        local = jax.tree.map(lambda a: _rows_of_process(a, fused), batch)
-        return count, placement.global_batch(local), iterator.state
-
-    start_step = lstate.step
-    window_start, window_examples, examples = time.perf_counter(), 0, 0
-    steady_examples, steady_seconds, first_window = 0, 0.0, True  # the first window pays for compilation
-    start, eval_seconds = time.perf_counter(), 0.0
-    stopped_early = False
-    pending = next_dispatch(lstate.step) if lstate.step < total_steps else None
-    with _SignalGuard() as guard:
-        while pending is not None and not stopped_early:
-            count, batch, position = pending
-            previous, (ts, metrics) = ts, train_step(ts, batch)
-            if lstate.step == start_step:
-                check_donation(previous, "train_step")
-            lstate.step += count
-            step = lstate.step
-            # Prepared while the device runs this dispatch (double buffering).
-            pending = next_dispatch(step) if step < total_steps else None
-            lstate.window.append(metrics)
-            lstate.data_position = position
-            if throttle:
-                # Simulated CPU devices share the host's cores; a deep queue of collective programs
-                # can starve one device thread past XLA's 40 s rendezvous limit. One step in flight.
-                jax.block_until_ready(metrics)
-            window_examples += count * jax.tree.leaves(batch)[0].shape[1 if fused else 0]
-            progress.advance(count)
-
-            if step % config.log.every_steps == 0 or step == total_steps:
-                check_finite(step - _window_steps(lstate.window) + 1)
-                values = _window_means(lstate.window)
-                lstate.nonfinite_steps += int(values.pop("nonfinite"))
-                values["nonfinite_steps"] = lstate.nonfinite_steps
-                values["learning_rate"] = float(schedule(step - 1))
-                if stats_fn is not None:
-                    last = jax.tree.map(lambda a: a[-1], batch) if fused else batch
-                    x, y = last if resident is None else _take(resident, last)
-                    stats = to_host(stats_fn(exp.net, ts.params, ts.model_state, x, y, exp.loss))
-                    values.update({f"layers/{k}": float(v) for k, v in stats.items() if k != "loss"})
-                elapsed = time.perf_counter() - window_start
-                rate = window_examples / max(elapsed, 1e-9)
-                if not first_window:
-                    steady_examples, steady_seconds = steady_examples + window_examples, steady_seconds + elapsed
-                first_window = False
-                run.log(step, "train", {"epoch": step / steps_per_epoch, **values})
-                progress.report(step, {k: values[k] for k in ("loss", "accuracy") if k in values}, rate)
-                lstate.final["train"] = values
-                examples += window_examples
-                lstate.window, window_start, window_examples = [], time.perf_counter(), 0
-
-            epoch_end = loop.kind == "epochs" and step % steps_per_epoch == 0
-            eval_due = (loop.eval_every_steps and step % loop.eval_every_steps == 0) or (
-                epoch_end and loop.eval_every_epochs and (step // steps_per_epoch) % loop.eval_every_epochs == 0
-            )
-            if exp.splits.val is not None and (eval_due or step == total_steps):
-                t = time.perf_counter()
-                metrics = run_eval("val")
-                if es.metric not in metrics:
-                    raise ConfigError(f"early_stopping.metric {es.metric!r} is not among the val metrics {sorted(metrics)}")
-                best = None if lstate.best_metrics is None else lstate.best_metrics[es.metric]
-                sign = 1.0 if es.mode == "min" else -1.0
-                if best is None or sign * (best - metrics[es.metric]) > es.min_delta:
-                    lstate.best_step, lstate.best_metrics, lstate.evals_without_improvement = step, metrics, 0
-                    if track_best:
-                        check_finite(step - _window_steps(lstate.window) + 1)
-                        checkpointer.save(ts, lstate.to_meta(ts.params), best=True)
-                else:
-                    lstate.evals_without_improvement += 1
-                    stopped_early = es.patience is not None and lstate.evals_without_improvement >= es.patience
-                    if stopped_early:
-                        progress.write(
-                            f"early stopping at step {step}: val {es.metric} has not improved for "
-                            f"{es.patience} evaluations (best {best:.4f} at step {lstate.best_step})"
-                        )
-                eval_seconds += time.perf_counter() - t
-                window_start += time.perf_counter() - t
-
-            every = config.checkpoint.every_steps
-            if (every and step % every == 0) or step == total_steps or stopped_early or guard.received:
-                check_finite(step - _window_steps(lstate.window) + 1)
-                checkpointer.save(ts, lstate.to_meta(ts.params))
-            if guard.received:
-                progress.close()
-                name = signal.Signals(guard.received).name
-                raise Interrupted(
-                    f"stopped by {name} at step {step}; checkpoint written to {checkpointer.latest.directory}/{step}; "
-                    "continue with: fntrain train CONFIG --resume",
-                    guard.received,
-                )
-    train_seconds = time.perf_counter() - start - eval_seconds
-
-    if track_best and es.restore_best and lstate.best_step is not None and lstate.best_step != lstate.step:
-        ts, _ = checkpointer.restore_best(ts)
-        lstate.final["val"] = lstate.best_metrics
-        progress.write(f"restored the best parameters (step {lstate.best_step}, val {es.metric} {lstate.best_metrics[es.metric]:.4f})")
-    if exp.splits.test is not None:
-        run_eval("test")
-    progress.close()
-    checkpointer.close()
-
-    run.save_params(*gather_to_host((ts.params, ts.model_state)))
-    summary = {
-        "steps": lstate.step,
-        "epochs": lstate.step / steps_per_epoch,
-        "final": lstate.final,
-        "best": {"step": lstate.best_step, "val": lstate.best_metrics} if lstate.best_step is not None else None,
-        "stopped_early": stopped_early,
-        "nonfinite_steps": lstate.nonfinite_steps,
-        "resumed_from_step": start_step if restored is not None else None,
-        "wall_time_s": time.perf_counter() - start,
-        "train_time_s": train_seconds,
-        "examples_per_second": examples / max(train_seconds, 1e-9),
-        "steady_examples_per_second": steady_examples / steady_seconds if steady_seconds else None,
-        "num_params": nn.count_params(ts.params),
-        "devices": [str(d) for d in placement.mesh.devices.flat],
-        "processes": jax.process_count(),
-    }
-    run.write_summary(summary)
-    for split, values in lstate.final.items():
-        say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
-    return TrainResult(ts, lstate.final, summary, str(run.path))
-
-
-def _batch_size_changed(lead: int):
-    """Whether a new train-step signature only changed the ``lead`` leading axes of the batch
-    leaves (the loop's shorter fused dispatches and final partial batches), which is expected."""
-
-    def allowed(old, new) -> bool:
-        if old.keys() != new.keys():
-            return False
-        for path, (dtype, shape) in new.items():
-            old_dtype, old_shape = old[path]
-            is_batch = path.startswith("[1]")
-            if (dtype, shape) != (old_dtype, old_shape) and not (
-                is_batch and dtype == old_dtype and shape[lead:] == old_shape[lead:]
-            ):
-                return False
-        return True
-
-    return allowed
-
-
-def _take(data, rows):
-    """The batch ``(x[rows], y[rows])`` of ``data = (x, y)``; rows ``[B]`` or ``[K, B]`` int32."""
-    return jax.tree.map(lambda a: a[rows], data)
-
-
-def _resident_train_data(dc, train: data_lib.Arrays, placement: Placement):
-    """``(x, y)`` of ``train`` placed on every device of the mesh, or None where the data stays
-    on the host (``data.on_device``)."""
-    size = train.x.nbytes + train.y.nbytes
-    if dc.on_device is None:
-        on_device = jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES
-    elif dc.on_device and jax.process_count() > 1:
-        raise ConfigError("data.on_device: true needs a single process (each process feeds its own rows); set it to null")
-    else:
-        on_device = dc.on_device
-    return jax.device_put((train.x, train.y), placement.replicated) if on_device else None
-
-
-def _window_steps(window: list[dict]) -> int:
-    return sum(int(np.size(m["loss"])) for m in window)
-
-
-def _rows_of_process(a: np.ndarray, fused: bool) -> np.ndarray:
-    """This process's rows of a global batch leaf (axis 1 when fused steps stack ``[K, B, ...]``)."""
-    if not fused:
-        return process_rows(a)
-    return np.swapaxes(process_rows(np.swapaxes(a, 0, 1)), 0, 1)
-
-
-def _check_divisible(placement: Placement, dc, num_train: int) -> None:
-    placement.check_batch_size(dc.batch_size, "data.batch_size")
-    partial = num_train % dc.batch_size
-    if partial and not dc.drop_last and partial % placement.num_devices:
-        raise ConfigError(
-            f"the final partial batch of each epoch ({partial} of {num_train} training examples) does not divide "
-            f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}"
-        )
-
-
-def _open_run(config: cfg.Config, ts: TrainState, *, overwrite: bool, resume: bool):
-    """Creates the run directory, or reopens it and restores the latest checkpoint when resuming."""
-    path = Path(config.output_dir)
-    if resume and not overwrite and (path / "checkpoints").exists():
-        checkpointer = Checkpointer(path, config.checkpoint.keep)
-        restored = checkpointer.restore_latest(ts)
-        if restored is not None:
-            return RunDir.reopen(path, config), checkpointer, restored
-        checkpointer.close()
-    run = RunDir.create(path, config, overwrite=overwrite, resume_hint=not resume)
-    return run, Checkpointer(path, config.checkpoint.keep), None

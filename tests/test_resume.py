@@ -147,7 +147,7 @@ def test_early_stopping_keeps_the_best_parameters(tmp_path):
     assert [r["step"] for r in val][-3] == best["step"]
     # The returned parameters are the best ones: evaluating them reproduces the best val loss.
     exp = ft.loop.build_experiment(ft.load_config(DIGITS, BASE + [f"output_dir={tmp_path}", *overrides]))
-    metrics = ft.loop.evaluate(ft.make_eval_step(exp.loss_fn), result.state, exp.splits.val, 256)
+    metrics = ft.evaluate(exp.loss_fn, result.state.params, result.state.model_state, exp.splits.val, batch_size=256)
     np.testing.assert_allclose(metrics["loss"], best["loss"], rtol=1e-6)
 
 

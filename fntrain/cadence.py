@@ -1,0 +1,83 @@
+"""When the loop logs, evaluates, checkpoints and ends: the one place that arithmetic lives.
+
+Everything here is a pure function of the step count, so it is the same in an
+uninterrupted run and a resumed one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+
+class Events(NamedTuple):
+    """What happens after a step (each a bool)."""
+
+    log: bool = False
+    eval: bool = False
+    checkpoint: bool = False
+    epoch_end: bool = False
+    end: bool = False
+
+    def __bool__(self) -> bool:
+        return any(self)
+
+
+class Cadence(NamedTuple):
+    """The loop's schedule of events, in steps.
+
+    Attributes:
+      total_steps: steps in the run.
+      steps_per_epoch: batches in one pass over the training split.
+      log_every: a training log line every N steps (and at the end).
+      eval_every_steps: evaluate every N steps; None: not by steps.
+      eval_every_epochs: evaluate every N epochs (epoch-based runs); None: not by epochs.
+      checkpoint_every: checkpoint every N steps; None: only at the end (and on stops).
+      by_epoch: the run is measured in epochs, so an epoch's end is an event.
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every_steps: Optional[int] = None
+    eval_every_epochs: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    by_epoch: bool = True
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch: int) -> "Cadence":
+        loop = config.loop
+        by_epoch = loop.kind == "epochs"
+        return cls(
+            total_steps=loop.num_epochs * steps_per_epoch if by_epoch else loop.num_steps,
+            steps_per_epoch=steps_per_epoch,
+            log_every=config.log.every_steps,
+            eval_every_steps=loop.eval_every_steps,
+            eval_every_epochs=loop.eval_every_epochs if by_epoch else None,
+            checkpoint_every=config.checkpoint.every_steps,
+            by_epoch=by_epoch,
+        )
+
+    def events(self, step: int) -> Events:
+        """The events after ``step`` steps are done (``0 < step <= total_steps``)."""
+        end = step == self.total_steps
+        epoch_end = self.by_epoch and step % self.steps_per_epoch == 0
+        by_epochs = epoch_end and self.eval_every_epochs and (step // self.steps_per_epoch) % self.eval_every_epochs == 0
+        return Events(
+            log=end or step % self.log_every == 0,
+            eval=end or bool(self.eval_every_steps and step % self.eval_every_steps == 0) or bool(by_epochs),
+            checkpoint=end or bool(self.checkpoint_every and step % self.checkpoint_every == 0),
+            epoch_end=epoch_end,
+            end=end,
+        )
+
+    def steps_to_event(self, step: int, limit: int) -> int:
+        """How many steps a dispatch starting after ``step`` may fuse: up to ``limit``, and
+        never past the next step with an event (at least 1)."""
+        count = 1
+        while count < limit and not self.events(step + count):
+            count += 1
+        return count
+
+    def epoch(self, step: int) -> float:
+        """Epochs done after ``step`` steps (fractional)."""
+        return step / self.steps_per_epoch

@@ -1,0 +1,80 @@
+"""The experiment: data, network, objective and initial parameters, built from a config."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from fntrain import builders
+from fntrain import config as cfg
+from fntrain import data as data_lib
+from fntrain import nn
+from fntrain.errors import ConfigError
+from fntrain.step import supervised_loss
+
+
+class Experiment(NamedTuple):
+    """Everything built from a config before the first step.
+
+    Attributes:
+      splits: the train/val/test arrays.
+      net: the network.
+      loss: ``loss(outputs, targets) -> scalar``; None when the config names an objective.
+      loss_fn: the step's ``loss_fn(params, model_state, batch, key)``.
+      params, model_state: the initial parameters and model state.
+      keys: the PRNG keys drawn from the seed: ``init``, ``split``, ``shuffle``, ``step``.
+    """
+
+    splits: data_lib.Splits
+    net: nn.Module
+    loss: Any
+    loss_fn: Any
+    params: Any
+    model_state: Any
+    keys: dict[str, jax.Array]
+
+
+def seed_keys(seed: int) -> dict[str, jax.Array]:
+    """The run's independent PRNG keys, all from the config's seed."""
+    names = ("init", "split", "shuffle", "step")
+    return dict(zip(names, jax.random.split(jax.random.key(seed), len(names))))
+
+
+def build_experiment(config: cfg.Config) -> Experiment:
+    """Builds data, network and loss, and initialises parameters.
+
+    Raises:
+      ConfigError: the data does not fit the network or the loss.
+    """
+    keys = seed_keys(config.seed)
+    splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
+    num_outputs = builders.infer_num_outputs(splits, config.loss.name)
+    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+    if config.precision != "float32":
+        net = nn.mixed_precision(net, config.precision)
+    loss = builders.build_loss(config.loss)
+    loss_fn = supervised_loss(net, loss)
+    x, y = splits.train.x[:2], splits.train.y[:2]
+    try:
+        params, model_state = net.init(keys["init"], x)
+        jax.eval_shape(loss_fn, params, model_state, (x, y), None)
+    except (TypeError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"the data (inputs {x.shape[1:]} {x.dtype}, targets {y.shape[1:]} {y.dtype}) does not fit "
+            f"model {config.model.name!r} with loss {config.loss.name!r}: {detail}"
+        ) from None
+    if config.log.layer_stats and net.name != "serial":
+        raise ConfigError(
+            f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "
+            f"model is); model {config.model.name!r} is not one"
+        )
+    return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
+
+
+def metric_names(exp: Experiment) -> list[str]:
+    """The names an evaluation of ``exp`` reports (``loss`` included), found without running it."""
+    x, y = exp.splits.train.x[:2], exp.splits.train.y[:2]
+    _, (_, metrics) = jax.eval_shape(exp.loss_fn, exp.params, exp.model_state, (x, y), None)
+    return [*metrics, "loss"]
