@@ -35,31 +35,40 @@ def dispatches(
     *,
     steps_per_dispatch: int = 1,
     rows_only: bool = False,
+    pad_to: Optional[int] = None,
     put: Optional[Callable[[Any], Any]] = None,
 ) -> Iterator[Dispatch]:
     """The run's dispatches from ``start_step`` to ``cadence.total_steps``.
 
-    Each takes up to ``steps_per_dispatch`` steps, stopping at the next event and at an
-    epoch's final partial batch (its shape differs, so it runs alone).
+    Each takes up to ``steps_per_dispatch`` steps, stopping at the next event. Without
+    padding it also stops at an epoch's final partial batch (its shape differs, so it runs
+    alone); with ``pad_to`` every batch is padded to that many rows and carries its weights.
 
     Args:
       iterator: the training batches, positioned at ``start_step``.
       cadence: where the events are.
       steps_per_dispatch: K; above 1, batches are stacked on a leading ``[K]`` axis.
-      rows_only: yield row indices for data kept on the device instead of batches.
+      rows_only: yield row indices for data kept on the device instead of batches:
+        ``rows`` or, with ``pad_to``, ``(rows, weights)``.
+      pad_to: the batch size to pad to (``data.pad_batch``); None: no padding and no weights.
       put: places a host batch on the devices (not called for rows).
     """
     fused = steps_per_dispatch > 1
     step = start_step
     while step < cadence.total_steps:
-        count = max(1, min(cadence.steps_to_event(step, steps_per_dispatch), iterator.full_batches_left))
+        count = cadence.steps_to_event(step, steps_per_dispatch)
+        if pad_to is None:
+            count = max(1, min(count, iterator.full_batches_left))
         if rows_only:
-            rows = np.stack([iterator.next_indices() for _ in range(count)]).astype(np.int32)
-            batch, examples = (rows if fused else rows[0]), rows.size
+            rows = [iterator.next_indices() for _ in range(count)]
+            examples = sum(len(r) for r in rows)
+            steps = [data_lib.pad_rows(r, pad_to) for r in rows] if pad_to else [r.astype(np.int32) for r in rows]
         else:
-            batches = [next(iterator) for _ in range(count)]
-            batch = jax.tree.map(lambda *b: np.stack(b), *batches) if fused else batches[0]
-            examples = sum(len(b[0]) for b in batches)
-            batch = put(batch) if put is not None else batch
+            steps = [next(iterator) for _ in range(count)]
+            examples = sum(len(b[0]) for b in steps)
+            steps = [data_lib.pad_batch(b, pad_to) for b in steps] if pad_to else steps
+        batch = jax.tree.map(lambda *b: np.stack(b), *steps) if fused else steps[0]
+        if put is not None and not rows_only:
+            batch = put(batch)
         step += count
         yield Dispatch(count, batch, iterator.state, examples)

@@ -28,13 +28,20 @@ def _as_stats(value, count) -> metrics_lib.Stats:
     return metrics_lib.Stats({"total": value * count, "count": count}, metrics_lib._ratio)
 
 
+def _example_count(batch) -> jax.Array:
+    """Real examples in a batch: the sum of its weights for ``(x, y, weights)``, else its rows."""
+    if isinstance(batch, tuple) and len(batch) == 3:
+        return jnp.sum(batch[2]).astype(jnp.float32)
+    return jnp.float32(jax.tree.leaves(batch)[0].shape[0])
+
+
 def make_eval_stats_step(loss_fn: LossFn, *, metrics_sharding: Any = None) -> EvalStep:
     """A jitted ``step(train_state, batch) -> {name: Stats}`` (``loss`` included), in
     evaluation mode (``key=None``; the new model state is discarded)."""
 
     def eval_step(ts: TrainState, batch) -> dict:
         loss, (_, metrics) = loss_fn(ts.params, ts.model_state, batch, None)
-        count = jnp.float32(jax.tree.leaves(batch)[0].shape[0])
+        count = _example_count(batch)
         return {k: _as_stats(v, count) for k, v in {**metrics, "loss": loss}.items()}
 
     return jax.jit(eval_step, out_shardings=metrics_sharding)
@@ -51,10 +58,17 @@ def reduce_batches(eval_step: EvalStep, ts: TrainState, batches: Iterable) -> di
 
 
 def evaluate_arrays(
-    eval_step: EvalStep, ts: TrainState, arrays: data_lib.Arrays, batch_size: int, put: Optional[Callable] = None
+    eval_step: EvalStep,
+    ts: TrainState,
+    arrays: data_lib.Arrays,
+    batch_size: int,
+    put: Optional[Callable] = None,
+    *,
+    pad: bool = False,
 ) -> dict[str, float]:
-    """``reduce_batches`` over ``arrays`` in order, each batch placed with ``put`` (e.g. on a mesh)."""
-    batches = data_lib.eval_batches(arrays, batch_size)
+    """``reduce_batches`` over ``arrays`` in order, each batch placed with ``put`` (e.g. on a
+    mesh); with ``pad``, every batch has ``batch_size`` rows and its weights."""
+    batches = data_lib.eval_batches(arrays, batch_size, pad=pad)
     return reduce_batches(eval_step, ts, batches if put is None else map(put, batches))
 
 

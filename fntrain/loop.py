@@ -15,6 +15,7 @@ would, bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import signal
 import sys
@@ -151,6 +152,7 @@ class _Run:
     train_step: Callable
     eval_step: Callable
     resident: Any  # the training split on the device, or None
+    pad: bool  # batches padded to full size with weight-0 rows, so shapes never change
     stats_fn: Optional[Callable]
     resumed_from: Optional[int]
 
@@ -234,7 +236,10 @@ def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_S
     """Dispatches until the end of the run, early stopping or a signal, handling each event."""
     k = run.config.loop.steps_per_dispatch
     put = None if run.resident is not None else lambda b: run.placement.global_batch(_rows_of_process(b, k > 1))
-    upcoming = dispatches(run.iterator, run.cadence, loop.step, steps_per_dispatch=k, rows_only=run.resident is not None, put=put)
+    upcoming = dispatches(
+        run.iterator, run.cadence, loop.step, steps_per_dispatch=k, rows_only=run.resident is not None,
+        pad_to=run.config.data.batch_size if run.pad else None, put=put,
+    )
     throttle = run.placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
     first, pending = True, next(upcoming, None)
     while pending is not None:
@@ -311,13 +316,17 @@ def _last_batch(run: _Run, dispatch: Dispatch):
     """The dispatch's last batch ``(x, y)`` on the device (for layer statistics)."""
     fused_batch = run.config.loop.steps_per_dispatch > 1
     last = jax.tree.map(lambda a: a[-1], dispatch.batch) if fused_batch else dispatch.batch
-    return last if run.resident is None else jax.tree.map(lambda a: a[last], run.resident)
+    if run.resident is None:
+        return last[:2]
+    rows = last[0] if run.pad else last
+    return jax.tree.map(lambda a: a[rows], run.resident)
 
 
 def _evaluate(run: _Run, ts: TrainState, loop: LoopState, split: str) -> dict[str, float]:
     """Evaluates one split, logs it and tells the callbacks."""
     arrays = getattr(run.exp.splits, split)
-    metrics = evaluate_arrays(run.eval_step, ts, arrays, _eval_batch_size(run.config), run.placement.put_batch)
+    batch_size = _eval_batch_size(run.config, run.placement.num_devices if run.pad else 1)
+    metrics = evaluate_arrays(run.eval_step, ts, arrays, batch_size, run.placement.put_batch, pad=run.pad)
     run.callbacks.on_log(loop.step, split, {"epoch": run.cadence.epoch(loop.step), **metrics})
     run.callbacks.on_eval(loop.step, split, metrics, ts)
     loop.final[split] = metrics
@@ -408,7 +417,8 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
     exp = build_experiment(config)
     _check_early_stopping_metric(config, exp)
     placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
-    _check_divisible(placement, dc, exp.splits.train.num_examples)
+    pad = exp.loss is not None and _takes_weights(exp.loss)
+    _check_divisible(placement, dc, exp.splits.train.num_examples, pad)
     iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
     steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
     cadence = Cadence.from_config(config, steps_per_epoch)
@@ -443,6 +453,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
         train_step=_compiled_train_step(config, exp.loss_fn, optimizer, placement, state_sharding, resident),
         eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
         resident=resident,
+        pad=pad,
         # Backprop made visible, computed only at log steps, so the train step is untouched.
         stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
         resumed_from=loop.step if restored is not None else None,
@@ -505,8 +516,19 @@ def _check_early_stopping_metric(config: cfg.Config, exp: Experiment) -> None:
         )
 
 
-def _eval_batch_size(config: cfg.Config) -> int:
-    return config.data.eval_batch_size or 4 * config.data.batch_size
+def _eval_batch_size(config: cfg.Config, multiple: int = 1) -> int:
+    """``data.eval_batch_size`` (null: 4 x batch_size), rounded up to a multiple of ``multiple``."""
+    size = config.data.eval_batch_size or 4 * config.data.batch_size
+    return -(-size // multiple) * multiple
+
+
+def _takes_weights(loss: Callable) -> bool:
+    """Whether ``loss`` accepts ``weights=`` (every built-in loss does), so batches can be padded."""
+    try:
+        parameters = inspect.signature(loss).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "weights" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _batch_size_changed(lead: int):
@@ -548,13 +570,14 @@ def _rows_of_process(batch, fused_batch: bool):
     return jax.tree.map(lambda a: np.swapaxes(process_rows(np.swapaxes(a, 0, 1)), 0, 1), batch)
 
 
-def _check_divisible(placement: Placement, dc, num_train: int) -> None:
+def _check_divisible(placement: Placement, dc, num_train: int, pad: bool) -> None:
     placement.check_batch_size(dc.batch_size, "data.batch_size")
     partial = num_train % dc.batch_size
-    if partial and not dc.drop_last and partial % placement.num_devices:
+    if partial and not pad and not dc.drop_last and partial % placement.num_devices:
         raise ConfigError(
             f"the final partial batch of each epoch ({partial} of {num_train} training examples) does not divide "
-            f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}"
+            f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}, "
+            "or use a loss that takes weights= (every built-in loss does), whose batches are padded"
         )
 
 

@@ -56,9 +56,13 @@ def supervised_loss(
 ) -> LossFn:
     """Turns a network and a loss into a ``loss_fn`` over ``(inputs, targets)`` batches.
 
+    A batch may also be ``(inputs, targets, weights)`` with ``weights: [N]`` (0 for padding
+    rows); the loss is then called with ``weights=`` and the metrics weight the examples.
+
     Args:
       net: the network; ``net.apply`` runs with ``train=key is not None``.
-      loss: ``loss(outputs, targets) -> scalar``, e.g. ``fntrain.losses.softmax_cross_entropy``.
+      loss: ``loss(outputs, targets) -> scalar``, e.g. ``fntrain.losses.softmax_cross_entropy``
+        (it must take ``weights=`` for weighted batches, as every built-in loss does).
       metric_fns: metrics ``{name: metric}``, each a :class:`fntrain.metrics.Metric` (e.g.
         ``fntrain.metrics.METRICS["r2"]``) or a plain ``fn(outputs, targets) -> scalar``;
         None: accuracy for the two classification losses, nothing for the others.
@@ -72,10 +76,11 @@ def supervised_loss(
     metric_list = {name: metrics_lib.as_metric(fn) for name, fn in metric_fns.items()}
 
     def loss_fn(params, model_state, batch, key):
-        x, y = batch
+        x, y, *rest = batch
+        weights = rest[0] if rest else None
         outputs, model_state = net.apply(params, model_state, x, train=key is not None, key=key)
-        value = loss(outputs, y)
-        return value, (model_state, {name: metrics_lib.stats(m, outputs, y) for name, m in metric_list.items()})
+        value = loss(outputs, y) if weights is None else loss(outputs, y, weights=weights)
+        return value, (model_state, {name: metrics_lib.stats(m, outputs, y, weights) for name, m in metric_list.items()})
 
     return loss_fn
 
@@ -180,12 +185,16 @@ def fused(step: Step) -> Step:
     return steps
 
 
-def on_rows(step: Step) -> Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict]]:
+def on_rows(step: Step) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
     """``step`` on the rows ``[B]`` (or ``[K, B]`` fused) of data already on the device:
     ``new(ts, rows, data) = step(ts, tree.map(lambda a: a[rows], data))``. A step then costs a
-    transfer of row indices rather than of the batch."""
+    transfer of row indices rather than of the batch. ``rows`` may also be ``(rows, weights)``,
+    which gives the step ``(*data[rows], weights)``."""
 
-    def gathered(ts: TrainState, rows: jax.Array, data) -> tuple[TrainState, dict]:
+    def gathered(ts: TrainState, rows, data) -> tuple[TrainState, dict]:
+        if isinstance(rows, tuple):
+            rows, weights = rows
+            return step(ts, (*jax.tree.map(lambda a: a[rows], tuple(data)), weights))
         return step(ts, jax.tree.map(lambda a: a[rows], data))
 
     return gathered

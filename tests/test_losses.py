@@ -98,3 +98,19 @@ def test_binary_accuracy_and_mae():
     labels = np.array([1.0, 1.0, 0.0, 0.0])
     np.testing.assert_allclose(metrics.binary_accuracy(logits, labels), 0.5)
     np.testing.assert_allclose(metrics.mean_absolute_error(logits[:, 0], labels), np.mean([1.0, 2.0, 0.5, 3.0]))
+
+
+@pytest.mark.parametrize("name,loss,kind", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+def test_weighted_loss_equals_the_loss_over_the_real_rows(name, loss, kind):
+    """Weight-0 padding rows count for nothing, whatever they hold."""
+    outputs = jax.random.normal(jax.random.key(0), (8, 3)) * 2
+    targets = {
+        "float": jax.random.normal(jax.random.key(1), (8, 3)),
+        "int": jnp.array([0, 2, 1, 1, 0, 2, 2, 1]),
+        "soft": jax.nn.softmax(jax.random.normal(jax.random.key(1), (8, 3))),
+        "binary": (jax.random.normal(jax.random.key(1), (8, 3)) > 0).astype(jnp.float32),
+    }[kind]
+    weights = jnp.array([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+    padded = outputs.at[5:].set(1e6)  # garbage in the padding rows
+    # float32: the weighted mean sums per-example means, the plain one all elements: 1e-6.
+    np.testing.assert_allclose(loss(padded, targets, weights=weights), loss(outputs[:5], targets[:5]), rtol=1e-6)

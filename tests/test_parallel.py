@@ -53,6 +53,18 @@ def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path, single):
     assert_losses_close(single["losses"], resumed["losses"])
 
 
+def test_the_quick_start_config_trains_unchanged_on_one_two_and_eight_devices(tmp_path):
+    """digits_mlp as it ships: 1257 training examples in batches of 64 end each epoch with a
+    partial batch of 41, which does not divide over 8 devices. It is padded to 64 rows of
+    weight 0 on every device count (evaluation batches too), so the logged losses agree."""
+    one = losses(run_worker(tmp_path / "one", 3, "--plain", "log.every_steps=10", devices=1))
+    for devices in (2, 8):
+        many = losses(run_worker(tmp_path / f"d{devices}", 3, "--plain", "log.every_steps=10", devices=devices))
+        assert many["devices"] == devices
+        assert {k.split("@")[0] for k in many["losses"]} == {"train", "val", "test"}
+        assert_losses_close(one["losses"], many["losses"])
+
+
 def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):
     done = run_worker(tmp_path, 5, "data.batch_size=60", check=False)
     assert done.returncode != 0 and "data.batch_size (60) must divide evenly over the 8 devices" in done.stderr

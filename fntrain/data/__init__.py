@@ -4,7 +4,7 @@ All arrays are numpy; JAX is used only for PRNG-driven permutations.
 """
 
 from fntrain.data.errors import DataError
-from fntrain.data.iterator import BatchIterator, IteratorState, eval_batches
+from fntrain.data.iterator import BatchIterator, IteratorState, eval_batches, example_weights, pad_batch, pad_rows
 from fntrain.data.sources import (
     Arrays,
     load_csv,
@@ -26,6 +26,7 @@ __all__ = [
     "Splits",
     "decode",
     "eval_batches",
+    "example_weights",
     "load_char_lm",
     "load_csv",
     "load_digits",
@@ -33,6 +34,8 @@ __all__ = [
     "load_npz",
     "make_classification",
     "make_regression",
+    "pad_batch",
+    "pad_rows",
     "read_idx",
     "split_arrays",
     "standardize",

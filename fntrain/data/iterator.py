@@ -11,7 +11,7 @@ import numpy as np
 from fntrain.data.errors import DataError
 from fntrain.data.sources import Arrays
 
-__all__ = ["IteratorState", "BatchIterator", "eval_batches"]
+__all__ = ["IteratorState", "BatchIterator", "eval_batches", "example_weights", "pad_batch", "pad_rows"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -162,17 +162,44 @@ class BatchIterator:
             yield self._next_batch()
 
 
-def eval_batches(arrays: Arrays, batch_size: int) -> Iterator[Batch]:
+def eval_batches(arrays: Arrays, batch_size: int, *, pad: bool = False) -> Iterator[tuple]:
     """Sequential batches over the data once, final partial batch included.
 
     Args:
         arrays: x [N, ...], y [N, ...].
         batch_size: B, examples per batch (>= 1).
+        pad: pad every batch to B rows and add its weights (see `pad_batch`).
 
     Yields:
-        (x [b, ...], y [b, ...]) with b = B except possibly the last.
+        (x [b, ...], y [b, ...]) with b = B except possibly the last; with pad,
+        (x [B, ...], y [B, ...], weights [B]).
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise DataError(f"eval_batches: batch_size must be an int >= 1, got {batch_size}")
     for start in range(0, arrays.num_examples, int(batch_size)):
-        yield arrays.x[start:start + batch_size], arrays.y[start:start + batch_size]
+        batch = arrays.x[start:start + batch_size], arrays.y[start:start + batch_size]
+        yield pad_batch(batch, batch_size) if pad else batch
+
+
+def example_weights(num_real: int, size: int) -> np.ndarray:
+    """``[size]`` float32: 1 for the first ``num_real`` rows, 0 for the padding after them."""
+    return (np.arange(size) < num_real).astype(np.float32)
+
+
+def pad_batch(batch: Batch, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y)`` of ``b <= size`` rows -> ``(x, y, weights)`` of ``size`` rows, padded with
+    zeros of weight 0, so that every batch has one shape whatever the device count."""
+    x, y = batch
+    n = len(x)
+
+    def grow(a):
+        return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]) if n < size else a
+
+    return grow(x), grow(y), example_weights(n, size)
+
+
+def pad_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``[b]`` -> ``([size] int32, weights [size])``, padded with row 0 of weight 0."""
+    n = len(rows)
+    padded = np.concatenate([rows, np.zeros(size - n, rows.dtype)]) if n < size else rows
+    return padded.astype(np.int32), example_weights(n, size)
