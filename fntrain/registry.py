@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Callable
 
 from fntrain.errors import ConfigError
@@ -75,3 +76,14 @@ def lookup(name: str, kind: str, builtins: dict[str, Callable] | None = None) ->
         f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(known))}; "
         f"or name a function as 'module.path:function')"
     )
+
+
+def call_user(fn: Callable, kwargs: dict, section: str):
+    """Calls a user's component, turning a mismatch with its signature into a ConfigError."""
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{section}.kwargs do not fit {getattr(fn, '__qualname__', fn)}{inspect.signature(fn)}: {e}") from None
+    except ValueError:  # no signature to check (some builtins): let the call speak
+        pass
+    return fn(**kwargs)
