@@ -8,7 +8,14 @@ from fntrain import data, losses, metrics, nn
 from fntrain.config import Config, load_config
 from fntrain.errors import ConfigError
 from fntrain.loop import TrainResult, train
-from fntrain.registry import register_dataset, register_loss, register_model
+from fntrain.registry import (
+    register_callback,
+    register_dataset,
+    register_loss,
+    register_metric,
+    register_model,
+    register_objective,
+)
 from fntrain.state import TrainState
 from fntrain.step import make_eval_step, make_train_step, supervised_loss
 
@@ -26,9 +33,12 @@ __all__ = [
     "make_train_step",
     "metrics",
     "nn",
+    "register_callback",
     "register_dataset",
     "register_loss",
+    "register_metric",
     "register_model",
+    "register_objective",
     "supervised_loss",
     "train",
 ]
