@@ -358,6 +358,8 @@ BAD_CASES = {
     "unknown-loss-suggestion": Bad(args=("loss.name=softmax_crossentropy",), needles=("loss.name", "did you mean 'softmax_cross_entropy'", "{cfg}")),
     "custom-model-no-module": Bad({"model": {"name": "no_such_module:fn"}}, needles=("model.name", "no_such_module", "{cfg}")),
     "custom-model-no-attribute": Bad({"model": {"name": "fntrain.nn:no_such_fn"}}, needles=("model.name", "no_such_fn", "{cfg}")),
+    "unknown-metric": Bad(args=("metrics=[accuracy, acuracy]",), needles=("metrics[1]", "did you mean 'accuracy'", "{cfg}")),
+    "unknown-callback": Bad({"callbacks": [{"name": "no_such_callback"}]}, needles=("callbacks[0].name", "no_such_callback", "{cfg}")),
     # keys of another variant
     "loss-key-of-another-loss": Bad({"loss": {"name": "mse", "label_smoothing": 0.1}},
                                     needles=("loss.label_smoothing", "'mse'", "softmax_cross_entropy", "{cfg}")),
@@ -379,6 +381,10 @@ BAD_CASES = {
         args=("optimizer.schedule.name=piecewise", "optimizer.schedule.boundaries=[20, 10]", "optimizer.schedule.scales=[0.5, 0.5]"),
         needles=("optimizer.schedule", "increasing", "{cfg}"),
     ),
+    "objective-with-loss": Bad({"objective": {"name": "fntrain.step:supervised_loss"}, "loss": {"name": "mse"}},
+                               needles=("objective", "either objective or a loss section", "{cfg}")),
+    "objective-with-metrics": Bad({"objective": {"name": "fntrain.step:supervised_loss"}}, args=("metrics=[accuracy]",),
+                                  needles=("metrics", "objective", "{cfg}")),
     "adam-with-weight-decay": Bad(args=("optimizer.name=adam", "optimizer.weight_decay=1e-2"), needles=("optimizer", "weight_decay", "adamw", "{cfg}")),
     "warmup-not-below-decay": Bad(
         args=("optimizer.schedule.name=warmup_cosine", "optimizer.schedule.warmup_steps=3"),
@@ -895,6 +901,8 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "AdamOptimizer": {"name": "adam", **_OPTIMIZER_COMMON, "weight_decay": 0.0, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "AdamwOptimizer": {"name": "adamw", **_OPTIMIZER_COMMON, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "RmspropOptimizer": {"name": "rmsprop", **_OPTIMIZER_COMMON, "decay": 0.8, "eps": 1e-6, "momentum": 0.5},
+        "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}}},
+        "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
         "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True},
@@ -904,14 +912,18 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "ParallelConfig": {"mode": "fsdp", "num_devices": 2, "distributed": True, "coordinator_address": "10.0.0.1:1234",
                            "num_processes": 2, "process_id": 1},
         "Config": {"seed": 7, "output_dir": "runs/all", "precision": "bfloat16", "data": "<data>", "model": "<model>",
-                   "loss": "<loss>", "optimizer": "<optimizer>", "loop": "<LoopConfig>", "log": "<LogConfig>",
+                   "loss": "<loss>", "objective": "<ObjectiveConfig>", "metrics": ["accuracy", "top_5_accuracy"],
+                   "optimizer": "<optimizer>", "loop": "<LoopConfig>", "log": "<LogConfig>",
                    "checkpoint": "<CheckpointConfig>", "early_stopping": "<EarlyStoppingConfig>",
-                   "parallel": "<ParallelConfig>"},
+                   "parallel": "<ParallelConfig>", "callbacks": ["<CallbackConfig>", "<CallbackConfig>"]},
     }
 
 
 # Fields whose only valid value is their default, so the table cannot set them otherwise.
 DEFAULT_ONLY = {("AdamOptimizer", "weight_decay")}
+# An objective excludes a loss section and metrics, so full_config leaves it out and
+# test_every_field_of_the_objective_is_accepted covers it.
+NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
@@ -939,7 +951,7 @@ def full_config(files: Path, data: str, model: str, loss: str = "CustomLoss", op
             return [fill(v) for v in value]
         return value
 
-    return copy.deepcopy({k: fill(v) for k, v in s["Config"].items()})
+    return copy.deepcopy({k: fill(v) for k, v in s["Config"].items() if k not in NOT_IN_FULL_CONFIG})
 
 
 def section_values(files: Path, data: str, model: str, **variants: str) -> dict[str, dict]:
@@ -994,6 +1006,9 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
     for key, values in section_values(tmp_path, data, "MlpModel").items():
         assert_section_holds(getattr(config, key), values, key)
     assert (config.seed, config.output_dir, config.precision) == (7, "runs/all", "bfloat16")
+    assert config.metrics == ("accuracy", "top_5_accuracy")
+    for callback in config.callbacks:
+        assert_section_holds(callback, non_default_sections(tmp_path)["CallbackConfig"], "callbacks[]")
     # Round trips: the plain dict and its YAML text validate back to the same config.
     assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
     assert cfg.validate(cfg.parse_yaml(cfg.dump_config(config), "dump"), "dump") == config
@@ -1058,6 +1073,15 @@ def test_every_field_of_every_optimizer_and_schedule_variant_is_accepted(tmp_pat
     assert float(fn(0)) >= 0 and bool(jnp.all(jnp.isfinite(updates["w"])))
 
 
+def test_every_field_of_the_objective_is_accepted(tmp_path):
+    raw = full_config(tmp_path, "DigitsData", "MlpModel")
+    del raw["loss"], raw["metrics"]  # an objective takes their place
+    raw["objective"] = non_default_sections(tmp_path)["ObjectiveConfig"]
+    config = cfg.validate(raw, "all_fields.yaml")
+    assert_section_holds(config.objective, raw["objective"], "objective")
+    assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
+
+
 def _literal_choices(annotation) -> list:
     """The values a Literal (possibly inside Optional/Annotated) admits; None if Optional."""
     origin = typing.get_origin(annotation)
@@ -1103,6 +1127,8 @@ MINIMAL_SECTIONS = {
     "AdamOptimizer": ("optimizer", {"name": "adam"}),
     "AdamwOptimizer": ("optimizer", {"name": "adamw"}),
     "RmspropOptimizer": ("optimizer", {"name": "rmsprop"}),
+    "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
+    "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
     "LogConfig": ("log", {}),
     "CheckpointConfig": ("checkpoint", {}),

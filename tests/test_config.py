@@ -237,6 +237,56 @@ def test_each_loss_variant_builds_its_function_and_states_its_facts():
     assert builders.infer_num_outputs(splits, "some.module:loss") == 3
 
 
+# --------------------------------------------------------------------------- objective, metrics, callbacks
+
+OBJECTIVE = {"name": "fntrain.step:supervised_loss"}  # fn(net, **kwargs) -> loss_fn, as an objective is
+
+
+def test_objective_excludes_a_loss_section_and_metrics():
+    config = validate(raw_with(objective=OBJECTIVE), "o.yaml")
+    assert config.objective.name == OBJECTIVE["name"] and config.metrics_to_report == {}
+    assert "loss" not in cfg.config_to_dict(config)  # so that the dump validates back
+    assert validate(cfg.parse_yaml(cfg.dump_config(config), "dump"), "dump") == config
+    with pytest.raises(ft.ConfigError, match=r"^o\.yaml: objective: .*set either objective or a loss section"):
+        validate(raw_with(objective=OBJECTIVE, loss={"name": "mse"}), "o.yaml")
+    with pytest.raises(ft.ConfigError, match=r"^o\.yaml: metrics: an objective returns its own metrics"):
+        validate(raw_with(objective=OBJECTIVE, metrics=["accuracy"]), "o.yaml")
+    # loss=null takes a file's loss section away.
+    config = load_config(ROOT / "configs/digits_mlp.yaml", ["objective={name: 'fntrain.step:supervised_loss'}", "loss=null"])
+    assert config.objective is not None
+
+
+def test_metrics_default_to_the_losss_and_take_every_builtin_name():
+    from fntrain.metrics import METRICS
+
+    assert validate(raw_with(), "m.yaml").metrics_to_report == {"accuracy": "accuracy"}
+    bce = validate(raw_with(loss={"name": "sigmoid_binary_cross_entropy"}), "m.yaml")
+    assert bce.metrics is None and bce.metrics_to_report == {"accuracy": "binary_accuracy"}
+    assert validate(raw_with(loss={"name": "mse"}), "m.yaml").metrics_to_report == {}
+    names = [*METRICS, "fntrain.metrics:accuracy"]
+    config = validate(raw_with(metrics=names), "m.yaml")
+    assert config.metrics == tuple(names) and config.metrics_to_report == {n: n for n in names}
+    assert validate(raw_with(metrics=[]), "m.yaml").metrics_to_report == {}
+
+
+def test_an_unknown_metric_is_named_with_a_suggestion():
+    with pytest.raises(ft.ConfigError, match=r"^m\.yaml: metrics\[1\]: unknown metric 'top_5_acuracy'; "
+                       r"did you mean 'top_5_accuracy'\?"):
+        validate(raw_with(metrics=["accuracy", "top_5_acuracy"]), "m.yaml")
+    with pytest.raises(ft.ConfigError, match=r"^m\.yaml: metrics: 'accuracy' listed twice"):
+        validate(raw_with(metrics=["accuracy", "accuracy"]), "m.yaml")
+
+
+def test_callbacks_are_named_components():
+    callbacks = [{"name": "fntrain.metrics:accuracy", "kwargs": {"every": [1, 2]}}, {"name": "fntrain.metrics:top_k_accuracy"}]
+    config = validate(raw_with(callbacks=callbacks), "c.yaml")
+    assert [c.name for c in config.callbacks] == [c["name"] for c in callbacks]
+    assert config.callbacks[0].kwargs_dict == {"every": [1, 2]} and validate(raw_with(), "c.yaml").callbacks == ()
+    assert cfg.config_to_dict(config)["callbacks"] == [callbacks[0], {**callbacks[1], "kwargs": {}}]
+    with pytest.raises(ft.ConfigError, match=r"^c\.yaml: callbacks\[1\]\.name: unknown callback 'nope'"):
+        validate(raw_with(callbacks=[callbacks[0], {"name": "nope"}]), "c.yaml")
+
+
 # --------------------------------------------------------------------------- frozen mappings
 
 

@@ -1,9 +1,10 @@
-"""Registered names: new kinds, and refusing a built-in's name."""
+"""Registered names: new kinds, refusing a built-in's name, and configs that use them."""
 
 import pytest
 
 import fntrain as ft
 from fntrain import registry
+from fntrain.config import validate
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +38,30 @@ def test_the_new_kinds_register_and_look_up(register, kind):
     assert registry.lookup("mine", kind) is mine
     with pytest.raises(ft.ConfigError, match=rf"unknown {kind} 'mien'; did you mean 'mine'\?.*fntrain\.register_{kind}"):
         registry.lookup("mien", kind)
+
+
+def test_registered_components_are_found_by_configs():
+    @ft.register_loss("my_huber")
+    def my_huber(outputs, targets, delta=1.0):
+        return ft.losses.huber(outputs, targets, delta=delta)
+
+    @ft.register_objective("my_objective")
+    def my_objective(net, scale=1.0):
+        return ft.supervised_loss(net, ft.losses.softmax_cross_entropy)
+
+    @ft.register_metric("my_metric")
+    def my_metric(outputs, targets):
+        return ft.metrics.accuracy(outputs, targets)
+
+    @ft.register_callback("my_callback")
+    def my_callback(every=1):
+        return lambda *args: None
+
+    raw = {"output_dir": "o", "data": {"name": "digits"}, "model": {"name": "mlp"}, "loop": {"kind": "steps", "num_steps": 5}}
+    loss = validate({**raw, "loss": {"name": "my_huber", "kwargs": {"delta": 2.0}}}, "r.yaml").loss.build()
+    assert loss.func is my_huber and loss.keywords == {"delta": 2.0}
+    config = validate({**raw, "objective": {"name": "my_objective", "kwargs": {"scale": 2.0}},
+                       "callbacks": [{"name": "my_callback", "kwargs": {"every": 3}}]}, "r.yaml")
+    assert config.objective.function() is my_objective and config.callbacks[0].function() is my_callback
+    assert validate({**raw, "metrics": ["accuracy", "my_metric"]}, "r.yaml").metrics == ("accuracy", "my_metric")
+    assert registry.lookup("my_metric", "metric") is my_metric

@@ -86,11 +86,13 @@ from fntrain.config.optim import (
 )
 from fntrain.config.reference import reference_markdown
 from fntrain.config.schema import (
+    CallbackConfig,
     CheckpointConfig,
     Config,
     EarlyStoppingConfig,
     LogConfig,
     LoopConfig,
+    ObjectiveConfig,
     ParallelConfig,
 )
 
@@ -103,6 +105,7 @@ __all__ = [
     "Activation",
     "AdamOptimizer",
     "AdamwOptimizer",
+    "CallbackConfig",
     "CharLMData",
     "CheckpointConfig",
     "ClassificationData",
@@ -136,6 +139,7 @@ __all__ = [
     "NonNegativeInt",
     "Norm",
     "NpzData",
+    "ObjectiveConfig",
     "OptimizerConfig",
     "ParallelConfig",
     "PiecewiseSchedule",

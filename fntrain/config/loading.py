@@ -130,7 +130,10 @@ def _plain(value: Any) -> Any:
 
 def config_to_dict(config: Config) -> dict:
     """A plain, YAML-ready dict that ``validate`` turns back into an equal ``Config``."""
-    return _plain(config)
+    out = _plain(config)
+    if config.objective is not None:  # an objective replaces the loss: writing both would be refused
+        del out["loss"]
+    return out
 
 
 def dump_config(config: Config) -> str:

@@ -4,7 +4,7 @@ Each class builds ``loss(outputs, targets) -> scalar`` and states, as class attr
 what the rest of the toolkit needs to know about it:
 
 * ``default_metrics``: ``{name in metrics.jsonl: metric name in fntrain.metrics.METRICS}``,
-  what is reported for this loss;
+  what is reported when the config's ``metrics`` is null;
 * ``class_logits``: whether the outputs are one logit per class, so that integer labels ask
   for ``max(label) + 1`` outputs (otherwise one output per target value).
 """

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, Strict, model_validator
+from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
-from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveInt, _Section
+from fntrain import registry
+from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveInt, _Custom, _Section
 from fntrain.config.data import DataConfig
 from fntrain.config.loss import LossConfig, SoftmaxCrossEntropyLoss
 from fntrain.config.model import ModelConfig
@@ -97,6 +98,34 @@ class ParallelConfig(_Section):
     process_id: Optional[NonNegativeInt] = Field(None, description="distributed: this process's index.")
 
 
+# --------------------------------------------------------------------------- objective, metrics, callbacks
+
+
+class ObjectiveConfig(_Custom):
+    """``fn(net, **kwargs)`` returns ``loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics))``."""
+
+    kind = "objective"
+
+    name: str = Field(description="`module.path:function`, or a name registered with `fntrain.register_objective`.")
+
+
+class CallbackConfig(_Custom):
+    """``factory(**kwargs)`` returns a callback for the training loop."""
+
+    kind = "callback"
+
+    name: str = Field(description="`module.path:factory`, or a name registered with `fntrain.register_callback`.")
+
+
+def _known_metric(name: str) -> str:
+    from fntrain.metrics import METRICS  # lazily: it imports jax, and the list grows there
+
+    registry.lookup(name, "metric", METRICS)
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+
 # --------------------------------------------------------------------------- the whole config
 
 
@@ -113,7 +142,21 @@ class Config(_Section):
     data: DataConfig = Field(description="Dataset, splits and batching; `data.name` picks the source.")
     model: ModelConfig = Field(description="Network; `model.name` picks the builder.")
     loss: LossConfig = Field(
-        SoftmaxCrossEntropyLoss(name="softmax_cross_entropy"), description="Loss function; `loss.name` picks it."
+        SoftmaxCrossEntropyLoss(name="softmax_cross_entropy"), description="Loss function; `loss.name` picks it. null: the default (none with an `objective`)."
+    )
+    objective: Optional[ObjectiveConfig] = Field(
+        None,
+        description="A training objective in place of `loss`: `fn(net, **kwargs)` returns `loss_fn(params, "
+        "model_state, batch, key) -> (loss, (model_state, metrics))`; `name` is `module.path:function` or a name "
+        "registered with `fntrain.register_objective`. null: `loss` on (inputs, targets) batches. Set either "
+        "`objective` or a `loss` section, and no `metrics` (the objective returns its own).",
+    )
+    metrics: Optional[tuple[MetricName, ...]] = Field(
+        None,
+        description="Metrics to report, as a list of names: built-in (`fntrain.metrics.METRICS`: accuracy, "
+        "top_5_accuracy, binary_accuracy, mean_absolute_error, ...), registered with `fntrain.register_metric`, "
+        "or `module.path:function`; each is logged under its name. null: the loss's own (accuracy for "
+        "softmax_cross_entropy and sigmoid_binary_cross_entropy, none for the others).",
     )
     optimizer: OptimizerConfig = Field(AdamOptimizer(name="adam"), description="Optimizer and schedule; `optimizer.name` picks it.")
     loop: LoopConfig = Field(description="The outer loop.")
@@ -121,3 +164,49 @@ class Config(_Section):
     checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and resuming.")
     early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(), description="Early stopping on a validation metric.")
     parallel: ParallelConfig = Field(ParallelConfig(), description="Devices, sharding and multi-host.")
+    callbacks: tuple[CallbackConfig, ...] = Field(
+        (),
+        description="Callbacks for the training loop, each `{name: module.path:factory or a registered name, "
+        "kwargs: {...}}` (registered with `fntrain.register_callback`); `factory(**kwargs)` returns the callback.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_loss_is_no_loss_section(cls, raw):
+        # `loss: null` (or the override loss=null) takes a file's loss section away, e.g. for an objective.
+        if isinstance(raw, dict) and "loss" in raw and raw["loss"] is None:
+            raw = {k: v for k, v in raw.items() if k != "loss"}
+        return raw
+
+    @field_validator("metrics")
+    @classmethod
+    def _each_metric_once(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            twice = sorted({m for m in v if v.count(m) > 1})
+            raise ValueError(f"{', '.join(map(repr, twice))} listed twice; list each metric once")
+        return v
+
+    @model_validator(mode="after")
+    def _objective_replaces_loss_and_metrics(self):
+        if self.objective is not None and "loss" in self.model_fields_set:
+            raise ValueError(
+                "objective: an objective computes its own loss, so set either objective or a loss section, not both "
+                "(the override loss=null removes a file's loss section)"
+            )
+        if self.objective is not None and self.metrics is not None:
+            raise ValueError(
+                "metrics: an objective returns its own metrics, so set either objective or metrics, not both"
+            )
+        return self
+
+    @property
+    def metrics_to_report(self) -> dict[str, str]:
+        """``{name in metrics.jsonl: metric name}``: ``metrics`` if set, else the loss's defaults.
+
+        Empty with an ``objective`` (its ``loss_fn`` returns its own metrics).
+        """
+        if self.objective is not None:
+            return {}
+        if self.metrics is not None:
+            return {name: name for name in self.metrics}
+        return dict(self.loss.default_metrics)
