@@ -10,7 +10,14 @@ from fntrain.config import Config, load_config
 from fntrain.errors import ConfigError
 from fntrain.evaluation import evaluate
 from fntrain.loop import TrainResult, train
-from fntrain.registry import register_dataset, register_loss, register_model
+from fntrain.registry import (
+    register_callback,
+    register_dataset,
+    register_loss,
+    register_metric,
+    register_model,
+    register_objective,
+)
 from fntrain.state import TrainState
 from fntrain.step import fused, jit_step, make_eval_step, make_step, make_train_step, on_rows, skipping_nonfinite, supervised_loss
 
@@ -36,9 +43,12 @@ __all__ = [
     "metrics",
     "nn",
     "on_rows",
+    "register_callback",
     "register_dataset",
     "register_loss",
+    "register_metric",
     "register_model",
+    "register_objective",
     "skipping_nonfinite",
     "supervised_loss",
     "train",

@@ -12,15 +12,43 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Callable
 
 from fntrain.errors import ConfigError
 
-KINDS = ("model", "loss", "dataset")
+KINDS = ("model", "loss", "dataset", "objective", "metric", "callback")
 _REGISTRY: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
+
+# Where each kind's built-in names live, as (module, mapping); imported when first needed,
+# since the config package imports this module.
+_BUILTINS = {
+    "model": ("fntrain.config.model", "MODEL_VARIANTS"),
+    "loss": ("fntrain.config.loss", "LOSS_VARIANTS"),
+    "dataset": ("fntrain.config.data", "DATA_VARIANTS"),
+    "metric": ("fntrain.metrics", "METRICS"),
+}
+
+
+def builtin_names(kind: str) -> tuple[str, ...]:
+    """The names a config resolves to a built-in of ``kind`` (a registered one could never win)."""
+    if kind not in _BUILTINS:
+        return ()
+    module, attr = _BUILTINS[kind]
+    return tuple(getattr(importlib.import_module(module), attr))
 
 
 def _register(kind: str, name: str) -> Callable[[Callable], Callable]:
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(
+            f"register_{kind}: expected a name without ':' (those name a module.path:function), got {name!r}"
+        )
+    if name in builtin_names(kind):
+        raise ValueError(
+            f"register_{kind}({name!r}): {name!r} is already the built-in {kind} of that name, which a config "
+            f"would always pick; choose another name, e.g. 'my_{name}'"
+        )
+
     def decorator(fn: Callable) -> Callable:
         _REGISTRY[kind][name] = fn
         return fn
@@ -41,6 +69,25 @@ def register_loss(name: str):
 def register_dataset(name: str):
     """Decorator: ``fn(**kwargs) -> fntrain.data.Arrays`` becomes ``data.name: <name>``."""
     return _register("dataset", name)
+
+
+def register_objective(name: str):
+    """Decorator: ``fn(net, **kwargs) -> loss_fn`` becomes ``objective.name: <name>``.
+
+    The ``loss_fn`` is ``loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics))``,
+    as ``fntrain.step`` describes.
+    """
+    return _register("objective", name)
+
+
+def register_metric(name: str):
+    """Decorator: ``fn(outputs, targets) -> scalar`` becomes a name in a config's ``metrics`` list."""
+    return _register("metric", name)
+
+
+def register_callback(name: str):
+    """Decorator: ``factory(**kwargs) -> callback`` becomes ``callbacks: [{name: <name>}]``."""
+    return _register("callback", name)
 
 
 def _import(path: str) -> Callable:
@@ -71,7 +118,19 @@ def lookup(name: str, kind: str, builtins: dict[str, Callable] | None = None) ->
         return known[name]
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    listing = f"known: {', '.join(sorted(known))}" if known else "none is built in or registered"
     raise ConfigError(
-        f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(known))}; "
-        f"or name a function as 'module.path:function')"
+        f"unknown {kind} {name!r}{hint} ({listing}; name a function as 'module.path:function' "
+        f"or register one with fntrain.register_{kind})"
     )
+
+
+def call_user(fn: Callable, kwargs: dict, section: str):
+    """Calls a user's component, turning a mismatch with its signature into a ConfigError."""
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{section}.kwargs do not fit {getattr(fn, '__qualname__', fn)}{inspect.signature(fn)}: {e}") from None
+    except ValueError:  # no signature to check (some builtins): let the call speak
+        pass
+    return fn(**kwargs)

@@ -1,8 +1,8 @@
-"""Prints the config reference (Markdown) generated from the schema in fntrain/config.py.
+"""Prints the config reference (Markdown) generated from the schema in fntrain/config/.
 
     python scripts/config_reference.py            # print it
-    python scripts/config_reference.py --check    # exit 1 if README.md's copy is stale
-    python scripts/config_reference.py --write    # update README.md in place
+    python scripts/config_reference.py --check    # exit 1 if docs/CONFIG.md is stale
+    python scripts/config_reference.py --write    # update docs/CONFIG.md
 """
 
 from __future__ import annotations
@@ -12,22 +12,15 @@ from pathlib import Path
 
 from fntrain.config import reference_markdown
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
-
-
-def readme_with(reference: str) -> str:
-    text = README.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{reference}{END}{tail}"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 
 
 if __name__ == "__main__":
     reference = reference_markdown()
     if "--check" in sys.argv:
-        sys.exit(0 if README.read_text() == readme_with(reference) else 1)
+        sys.exit(0 if REFERENCE.exists() and REFERENCE.read_text() == reference else 1)
     elif "--write" in sys.argv:
-        README.write_text(readme_with(reference))
+        REFERENCE.parent.mkdir(exist_ok=True)
+        REFERENCE.write_text(reference)
     else:
         print(reference, end="")

@@ -24,7 +24,7 @@ BASE = [
     "log.every_steps=5",
     "loop.kind=steps",
     "data.drop_last=true",
-    "optimizer.schedule.name=constant",
+    "optimizer.schedule={name: constant}",
 ]
 
 if __name__ == "__main__":

@@ -358,6 +358,18 @@ BAD_CASES = {
     "unknown-loss-suggestion": Bad(args=("loss.name=softmax_crossentropy",), needles=("loss.name", "did you mean 'softmax_cross_entropy'", "{cfg}")),
     "custom-model-no-module": Bad({"model": {"name": "no_such_module:fn"}}, needles=("model.name", "no_such_module", "{cfg}")),
     "custom-model-no-attribute": Bad({"model": {"name": "fntrain.nn:no_such_fn"}}, needles=("model.name", "no_such_fn", "{cfg}")),
+    "unknown-metric": Bad(args=("metrics=[accuracy, acuracy]",), needles=("metrics[1]", "did you mean 'accuracy'", "{cfg}")),
+    "unknown-callback": Bad({"callbacks": [{"name": "no_such_callback"}]}, needles=("callbacks[0].name", "no_such_callback", "{cfg}")),
+    # keys of another variant
+    "loss-key-of-another-loss": Bad({"loss": {"name": "mse", "label_smoothing": 0.1}},
+                                    needles=("loss.label_smoothing", "'mse'", "softmax_cross_entropy", "{cfg}")),
+    "kwargs-for-a-builtin-loss": Bad({"loss": {"name": "huber", "kwargs": {"delta": 2.0}}}, needles=("loss.kwargs", "'huber'", "{cfg}")),
+    "optimizer-key-of-another-optimizer": Bad(args=("optimizer.name=sgd", "optimizer.b1=0.5"),
+                                              needles=("optimizer.b1", "'sgd'", "adam", "{cfg}")),
+    "schedule-name-override-leaves-other-keys": Bad(
+        {"optimizer": {"schedule": {"name": "warmup_cosine", "warmup_steps": 2}}}, args=("optimizer.schedule.name=constant",),
+        needles=("optimizer.schedule.warmup_steps", "'constant'", "warmup_cosine", "optimizer.schedule={name: constant}", "{cfg}"),
+    ),
     # cross-field rules
     "epochs-without-num-epochs": Bad(args=("loop.kind=epochs",), needles=("loop", "num_epochs", "{cfg}")),
     "steps-without-num-steps": Bad({"loop": {"kind": "steps"}}, needles=("loop", "num_steps", "{cfg}")),
@@ -369,6 +381,10 @@ BAD_CASES = {
         args=("optimizer.schedule.name=piecewise", "optimizer.schedule.boundaries=[20, 10]", "optimizer.schedule.scales=[0.5, 0.5]"),
         needles=("optimizer.schedule", "increasing", "{cfg}"),
     ),
+    "objective-with-loss": Bad({"objective": {"name": "fntrain.step:supervised_loss"}, "loss": {"name": "mse"}},
+                               needles=("objective", "either objective or a loss section", "{cfg}")),
+    "objective-with-metrics": Bad({"objective": {"name": "fntrain.step:supervised_loss"}}, args=("metrics=[accuracy]",),
+                                  needles=("metrics", "objective", "{cfg}")),
     "adam-with-weight-decay": Bad(args=("optimizer.name=adam", "optimizer.weight_decay=1e-2"), needles=("optimizer", "weight_decay", "adamw", "{cfg}")),
     "warmup-not-below-decay": Bad(
         args=("optimizer.schedule.name=warmup_cosine", "optimizer.schedule.warmup_steps=3"),
@@ -821,16 +837,24 @@ def test_output_dir_null_defaults_to_runs_slash_file_stem(in_dir):
 # --------------------------------------------------------------------------- 5. every documented key
 
 
+def _config_modules():
+    import importlib
+    import pkgutil
+
+    return [importlib.import_module(f"{cfg.__name__}.{m.name}") for m in pkgutil.iter_modules(cfg.__path__)]
+
+
+# Every public pydantic class defined in a module of the fntrain.config package.
 SECTION_CLASSES = {
     name: obj
-    for name, obj in vars(cfg).items()
-    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == cfg.__name__ and not name.startswith("_")
+    for module in _config_modules()
+    for name, obj in vars(module).items()
+    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__ and not name.startswith("_")
 }
 
 _DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "batch_size": 16,
                 "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False}
-_SCHEDULE = {"name": "piecewise", "warmup_steps": 5, "decay_steps": 100, "end_value": 1e-5,
-             "boundaries": [10, 20], "scales": [0.5, 0.1], "decay_rate": 0.9, "transition_steps": 50}
+_OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>"}
 
 
 def non_default_sections(files: Path) -> dict[str, dict]:
@@ -859,10 +883,26 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                                "num_layers": 3, "num_heads": 2, "mlp_dim": 64, "dropout_rate": 0.1,
                                "position": "sinusoidal"},
         "CustomModel": {"name": "fntrain.nn:mlp", "kwargs": {"hidden_sizes": [8]}},
-        "LossConfig": {"name": "fntrain.losses:huber", "kwargs": {"delta": 0.5}, "label_smoothing": 0.1, "delta": 2.0},
-        "ScheduleConfig": _SCHEDULE,
-        "OptimizerConfig": {"name": "adamw", "learning_rate": 3e-4, "momentum": 0.5, "b1": 0.8, "b2": 0.99,
-                            "eps": 1e-6, "decay": 0.8, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": _SCHEDULE},
+        "SoftmaxCrossEntropyLoss": {"name": "softmax_cross_entropy", "label_smoothing": 0.1},
+        "SigmoidBinaryCrossEntropyLoss": {"name": "sigmoid_binary_cross_entropy"},
+        "MeanSquaredErrorLoss": {"name": "mse"},
+        "HuberLoss": {"name": "huber", "delta": 2.0},
+        "CustomLoss": {"name": "fntrain.losses:huber", "kwargs": {"delta": 0.5}},
+        "ConstantSchedule": {"name": "constant"},
+        "CosineSchedule": {"name": "cosine", "decay_steps": 100, "end_value": 1e-5},
+        "WarmupCosineSchedule": {"name": "warmup_cosine", "warmup_steps": 5, "decay_steps": 100, "end_value": 1e-5},
+        "LinearSchedule": {"name": "linear", "decay_steps": 100, "end_value": 1e-5},
+        "PiecewiseSchedule": {"name": "piecewise", "boundaries": [10, 20], "scales": [0.5, 0.1]},
+        "ExponentialSchedule": {"name": "exponential", "decay_rate": 0.9, "transition_steps": 50, "end_value": 1e-5},
+        "SgdOptimizer": {"name": "sgd", **_OPTIMIZER_COMMON},
+        "MomentumOptimizer": {"name": "momentum", **_OPTIMIZER_COMMON, "momentum": 0.5},
+        "NesterovOptimizer": {"name": "nesterov", **_OPTIMIZER_COMMON, "momentum": 0.5},
+        # adam takes no weight decay: 0.0, its default, is the one value it accepts (see DEFAULT_ONLY).
+        "AdamOptimizer": {"name": "adam", **_OPTIMIZER_COMMON, "weight_decay": 0.0, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
+        "AdamwOptimizer": {"name": "adamw", **_OPTIMIZER_COMMON, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
+        "RmspropOptimizer": {"name": "rmsprop", **_OPTIMIZER_COMMON, "decay": 0.8, "eps": 1e-6, "momentum": 0.5},
+        "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}}},
+        "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
         "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True},
@@ -871,34 +911,52 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                                 "restore_best": False},
         "ParallelConfig": {"mode": "fsdp", "num_devices": 2, "distributed": True, "coordinator_address": "10.0.0.1:1234",
                            "num_processes": 2, "process_id": 1},
-        "Config": {"seed": 7, "output_dir": "runs/all", "precision": "bfloat16", "data": "<data>", "model": "<model>", "loss": "<LossConfig>",
-                   "optimizer": "<OptimizerConfig>", "loop": "<LoopConfig>", "log": "<LogConfig>",
+        "Config": {"seed": 7, "output_dir": "runs/all", "precision": "bfloat16", "data": "<data>", "model": "<model>",
+                   "loss": "<loss>", "objective": "<ObjectiveConfig>", "metrics": ["accuracy", "top_5_accuracy"],
+                   "optimizer": "<optimizer>", "loop": "<LoopConfig>", "log": "<LogConfig>",
                    "checkpoint": "<CheckpointConfig>", "early_stopping": "<EarlyStoppingConfig>",
-                   "parallel": "<ParallelConfig>"},
+                   "parallel": "<ParallelConfig>", "callbacks": ["<CallbackConfig>", "<CallbackConfig>"]},
     }
+
+
+# Fields whose only valid value is their default, so the table cannot set them otherwise.
+DEFAULT_ONLY = {("AdamOptimizer", "weight_decay")}
+# An objective excludes a loss section and metrics, so full_config leaves it out and
+# test_every_field_of_the_objective_is_accepted covers it.
+NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
     "DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CharLMData", "CustomData"
 )
 MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
+LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
+OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer")
+SCHEDULE_CLASSES = ("ConstantSchedule", "CosineSchedule", "WarmupCosineSchedule", "LinearSchedule", "PiecewiseSchedule",
+                    "ExponentialSchedule")
 
 
-def full_config(files: Path, data: str, model: str) -> dict:
+def full_config(files: Path, data: str, model: str, loss: str = "CustomLoss", optimizer: str = "AdamwOptimizer",
+                schedule: str = "PiecewiseSchedule") -> dict:
     """A Config dict with every field of every section set; ``<Class>`` placeholders filled in."""
     s = non_default_sections(files)
-    chosen = {"<data>": data, "<model>": model}
-    raw = {}
-    for key, value in s["Config"].items():
+    chosen = {"<data>": data, "<model>": model, "<loss>": loss, "<optimizer>": optimizer, "<schedule>": schedule}
+
+    def fill(value):
         if isinstance(value, str) and value.startswith("<"):
-            value = s[chosen.get(value, value.strip("<>"))]
-        raw[key] = value
-    return copy.deepcopy(raw)
+            return fill(s[chosen.get(value, value.strip("<>"))])
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return copy.deepcopy({k: fill(v) for k, v in s["Config"].items() if k not in NOT_IN_FULL_CONFIG})
 
 
-def section_values(files: Path, data: str, model: str) -> dict[str, dict]:
+def section_values(files: Path, data: str, model: str, **variants: str) -> dict[str, dict]:
     """``{"optimizer": {...}, ...}``: what each top-level section of ``full_config`` holds."""
-    return {k: v for k, v in full_config(files, data, model).items() if isinstance(v, dict)}
+    return {k: v for k, v in full_config(files, data, model, **variants).items() if isinstance(v, dict)}
 
 
 def write_data_files(d: Path) -> None:
@@ -924,7 +982,7 @@ def assert_section_holds(section: BaseModel, values: dict, where: str) -> None:
 
 
 def test_the_field_table_covers_every_section_class_and_field(tmp_path):
-    """Adding a class or field to fntrain/config.py without covering it here fails this test."""
+    """Adding a class or field to the fntrain/config/ package without covering it here fails this test."""
     table = non_default_sections(tmp_path)
     assert set(table) == set(SECTION_CLASSES)
     for name, values in table.items():
@@ -932,7 +990,7 @@ def test_the_field_table_covers_every_section_class_and_field(tmp_path):
         assert set(values) == set(cls.model_fields), name
         for field, value in values.items():
             info = cls.model_fields[field]
-            if not info.is_required():
+            if not info.is_required() and (name, field) not in DEFAULT_ONLY:
                 assert value != info.get_default(call_default_factory=True), f"{name}.{field} is set to its default"
 
 
@@ -948,6 +1006,9 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
     for key, values in section_values(tmp_path, data, "MlpModel").items():
         assert_section_holds(getattr(config, key), values, key)
     assert (config.seed, config.output_dir, config.precision) == (7, "runs/all", "bfloat16")
+    assert config.metrics == ("accuracy", "top_5_accuracy")
+    for callback in config.callbacks:
+        assert_section_holds(callback, non_default_sections(tmp_path)["CallbackConfig"], "callbacks[]")
     # Round trips: the plain dict and its YAML text validate back to the same config.
     assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
     assert cfg.validate(cfg.parse_yaml(cfg.dump_config(config), "dump"), "dump") == config
@@ -984,6 +1045,43 @@ def test_every_field_of_every_model_variant_is_accepted(tmp_path, model):
     assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
 
 
+@pytest.mark.parametrize("loss", LOSS_CLASSES)
+def test_every_field_of_every_loss_variant_is_accepted(tmp_path, loss):
+    config = cfg.validate(full_config(tmp_path, "DigitsData", "MlpModel", loss=loss), "all_fields.yaml")
+    assert type(config.loss) is SECTION_CLASSES[loss]
+    assert_section_holds(config.loss, non_default_sections(tmp_path)[loss], "loss")
+    assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
+    assert callable(config.loss.build())
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZER_CLASSES)
+@pytest.mark.parametrize("schedule", SCHEDULE_CLASSES)
+def test_every_field_of_every_optimizer_and_schedule_variant_is_accepted(tmp_path, optimizer, schedule):
+    from fntrain import builders
+
+    import jax.numpy as jnp
+
+    raw = full_config(tmp_path, "DigitsData", "MlpModel", optimizer=optimizer, schedule=schedule)
+    config = cfg.validate(raw, "all_fields.yaml")
+    assert type(config.optimizer) is SECTION_CLASSES[optimizer]
+    assert type(config.optimizer.schedule) is SECTION_CLASSES[schedule]
+    assert_section_holds(config.optimizer, raw["optimizer"], "optimizer")
+    assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
+    tx, fn = builders.build_optimizer(config.optimizer, 200)
+    params = {"w": jnp.ones((2, 2))}
+    updates, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+    assert float(fn(0)) >= 0 and bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+def test_every_field_of_the_objective_is_accepted(tmp_path):
+    raw = full_config(tmp_path, "DigitsData", "MlpModel")
+    del raw["loss"], raw["metrics"]  # an objective takes their place
+    raw["objective"] = non_default_sections(tmp_path)["ObjectiveConfig"]
+    config = cfg.validate(raw, "all_fields.yaml")
+    assert_section_holds(config.objective, raw["objective"], "objective")
+    assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
+
+
 def _literal_choices(annotation) -> list:
     """The values a Literal (possibly inside Optional/Annotated) admits; None if Optional."""
     origin = typing.get_origin(annotation)
@@ -1012,9 +1110,25 @@ MINIMAL_SECTIONS = {
     "TransformerLmModel": ("model", {"name": "transformer_lm"}),
     "CharLMData": ("data", {"name": "charlm"}),
     "CustomModel": ("model", {"name": "fntrain.nn:mlp"}),
-    "LossConfig": ("loss", {}),
-    "ScheduleConfig": ("optimizer.schedule", {}),
-    "OptimizerConfig": ("optimizer", {}),
+    "SoftmaxCrossEntropyLoss": ("loss", {"name": "softmax_cross_entropy"}),
+    "SigmoidBinaryCrossEntropyLoss": ("loss", {"name": "sigmoid_binary_cross_entropy"}),
+    "MeanSquaredErrorLoss": ("loss", {"name": "mean_squared_error"}),
+    "HuberLoss": ("loss", {"name": "huber"}),
+    "CustomLoss": ("loss", {"name": "fntrain.losses:huber"}),
+    "ConstantSchedule": ("optimizer.schedule", {"name": "constant"}),
+    "CosineSchedule": ("optimizer.schedule", {"name": "cosine"}),
+    "WarmupCosineSchedule": ("optimizer.schedule", {"name": "warmup_cosine"}),
+    "LinearSchedule": ("optimizer.schedule", {"name": "linear"}),
+    "PiecewiseSchedule": ("optimizer.schedule", {"name": "piecewise"}),
+    "ExponentialSchedule": ("optimizer.schedule", {"name": "exponential"}),
+    "SgdOptimizer": ("optimizer", {"name": "sgd"}),
+    "MomentumOptimizer": ("optimizer", {"name": "momentum"}),
+    "NesterovOptimizer": ("optimizer", {"name": "nesterov"}),
+    "AdamOptimizer": ("optimizer", {"name": "adam"}),
+    "AdamwOptimizer": ("optimizer", {"name": "adamw"}),
+    "RmspropOptimizer": ("optimizer", {"name": "rmsprop"}),
+    "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
+    "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
     "LogConfig": ("log", {}),
     "CheckpointConfig": ("checkpoint", {}),
@@ -1087,11 +1201,12 @@ def test_every_schedule_variant_is_accepted_and_means_what_it_says(schedule, exp
         assert float(fn(step)) == pytest.approx(value, rel=1e-6, abs=1e-8), step
 
 
-@pytest.mark.parametrize("loss", cfg.LossConfig.builtins)
+@pytest.mark.parametrize("loss", list(cfg.LOSS_VARIANTS))
 def test_every_builtin_loss_name_is_accepted(loss):
     raw = {"output_dir": "o", "data": {"name": "digits"}, "model": {"name": "mlp"},
            "loop": {"kind": "steps", "num_steps": 5}, "loss": {"name": loss}}
-    assert cfg.validate(raw, "loss.yaml").loss.name == loss
+    config = cfg.validate(raw, "loss.yaml")
+    assert config.loss.name == loss and type(config.loss) is cfg.LOSS_VARIANTS[loss]
 
 
 def test_custom_kwargs_round_trip_unchanged():

@@ -50,7 +50,7 @@ def assert_same_run(a: Path, b: Path):
 @pytest.mark.parametrize("kind", sorted(LOOPS))
 def test_stop_and_resume_is_bit_identical(tmp_path, kind):
     """2N steps in one go == N steps, stopped, then resumed for N more (constant LR so N is a full run)."""
-    loop = LOOPS[kind] + ["optimizer.schedule.name=constant"]
+    loop = LOOPS[kind] + ["optimizer.schedule={name: constant}"]
     train(tmp_path / "whole", loop)
     half = [o.replace("num_steps=80", "num_steps=40").replace("num_epochs=4", "num_epochs=2") for o in loop]
     train(tmp_path / "halves", half)
@@ -73,13 +73,13 @@ def test_resume_from_a_checkpoint_between_log_lines(tmp_path, kind):
 
 
 def test_incompatible_checkpoint_names_the_parameter(tmp_path):
-    train(tmp_path, ["loop.kind=steps", "loop.num_steps=15", "optimizer.schedule.name=constant"])
+    train(tmp_path, ["loop.kind=steps", "loop.num_steps=15", "optimizer.schedule={name: constant}"])
     with pytest.raises(ft.ConfigError, match=r"parameter .dense_1/b. has shape \(32,\) but .* expects \(48,\)"):
-        train(tmp_path, ["loop.kind=steps", "loop.num_steps=30", "model.hidden_sizes=[48]", "optimizer.schedule.name=constant"], resume=True)
+        train(tmp_path, ["loop.kind=steps", "loop.num_steps=30", "model.hidden_sizes=[48]", "optimizer.schedule={name: constant}"], resume=True)
 
 
 def test_damaged_checkpoint_is_skipped_with_a_warning(tmp_path):
-    loop = ["loop.kind=steps", "loop.num_steps=60", "optimizer.schedule.name=constant"]
+    loop = ["loop.kind=steps", "loop.num_steps=60", "optimizer.schedule={name: constant}"]
     train(tmp_path / "whole", loop)
     train(tmp_path / "run", loop)
     ckpts = tmp_path / "run/checkpoints"
@@ -113,7 +113,7 @@ def test_skip_nonfinite_updates_are_counted(tmp_path):
             "loop.num_epochs=5",
             "loop.on_nonfinite=skip",
             "log.every_steps=5",
-            "optimizer.schedule.name=constant",
+            "optimizer.schedule={name: constant}",
         ]
         result = train(tmp_path / "run", overrides)
     finally:
@@ -130,7 +130,7 @@ def test_early_stopping_keeps_the_best_parameters(tmp_path):
         "early_stopping.patience=2",
         "early_stopping.metric=loss",
         "optimizer.learning_rate=0.02",  # overfits quickly, so val loss turns up
-        "optimizer.schedule.name=constant",
+        "optimizer.schedule={name: constant}",
         "model.dropout_rate=0.0",
         "model.hidden_sizes=[256]",
         "loop.eval_every_epochs=1",
@@ -231,7 +231,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = [
         sys.executable, "-m", "fntrain", "train", DIGITS, f"output_dir={out}", "log.progress=none",
-        "optimizer.learning_rate=1e6", "optimizer.schedule.name=constant", "checkpoint.every_steps=1",
+        "optimizer.learning_rate=1e6", "optimizer.schedule={name: constant}", "checkpoint.every_steps=1",
         "log.every_steps=5", "loop.kind=steps", "loop.num_steps=50",
     ]
     done = subprocess.run(args, env=CLI_ENV, capture_output=True, text=True)

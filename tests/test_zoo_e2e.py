@@ -82,7 +82,7 @@ def test_gradcheck_command_names_a_wrong_gradient(tmp_path):
 def test_layer_stats_are_logged_only_when_asked(tmp_path):
     def run(out, *extra):
         overrides = [f"output_dir={out}", "log.progress=none", "loop.kind=steps", "loop.num_steps=10",
-                     "log.every_steps=5", "log.grad_norm=true", "optimizer.schedule.name=constant", *extra]
+                     "log.every_steps=5", "log.grad_norm=true", "optimizer.schedule={name: constant}", *extra]
         ft.train(ft.load_config(ROOT / "configs/digits_mlp.yaml", overrides), stream=io.StringIO())
         return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
 

@@ -1,0 +1,167 @@
+"""The configuration: schema, YAML loading, ``dotted.key=value`` overrides, messages, reference.
+
+Configs are frozen pydantic models: immutable and hashable, so a config can be closed over
+or passed to ``jax.jit`` as a static argument. A section with variants (``data``, ``model``,
+``loss``, ``optimizer``, ``optimizer.schedule``) is a union of classes picked by its
+``name``; each class holds only its own keys and builds its own object.
+
+Modules:
+  base: sections, ``FrozenMapping``, user components, variant unions, shared field types.
+  data, model, loss, optim: the variants of those sections, each with its build method.
+  schema: ``Config`` and the sections without variants.
+  loading: YAML and overrides in, ``Config`` out; ``dump_config`` back.
+  messages: pydantic errors as one line per dotted key.
+  reference: the Markdown reference in ``docs/CONFIG.md``.
+"""
+
+from fntrain.config.base import (
+    Fraction,
+    FrozenList,
+    FrozenMapping,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Variants,
+)
+from fntrain.config.data import (
+    DATA_VARIANTS,
+    CharLMData,
+    ClassificationData,
+    CsvData,
+    CustomData,
+    DataConfig,
+    DigitsData,
+    IdxData,
+    NpzData,
+    RegressionData,
+)
+from fntrain.config.loading import (
+    apply_overrides,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_override,
+    parse_yaml,
+    validate,
+)
+from fntrain.config.loss import (
+    LOSS_VARIANTS,
+    CustomLoss,
+    HuberLoss,
+    LossConfig,
+    MeanSquaredErrorLoss,
+    SigmoidBinaryCrossEntropyLoss,
+    SoftmaxCrossEntropyLoss,
+    loss_variant,
+)
+from fntrain.config.model import (
+    MODEL_VARIANTS,
+    Activation,
+    CnnModel,
+    CustomModel,
+    MlpModel,
+    ModelConfig,
+    Norm,
+    ResnetModel,
+    TransformerLmModel,
+)
+from fntrain.config.optim import (
+    OPTIMIZER_VARIANTS,
+    SCHEDULE_VARIANTS,
+    AdamOptimizer,
+    AdamwOptimizer,
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    MomentumOptimizer,
+    NesterovOptimizer,
+    OptimizerConfig,
+    PiecewiseSchedule,
+    RmspropOptimizer,
+    ScheduleConfig,
+    SgdOptimizer,
+    WarmupCosineSchedule,
+)
+from fntrain.config.reference import reference_markdown
+from fntrain.config.schema import (
+    CallbackConfig,
+    CheckpointConfig,
+    Config,
+    EarlyStoppingConfig,
+    LogConfig,
+    LoopConfig,
+    ObjectiveConfig,
+    ParallelConfig,
+)
+
+__all__ = [
+    "DATA_VARIANTS",
+    "LOSS_VARIANTS",
+    "MODEL_VARIANTS",
+    "OPTIMIZER_VARIANTS",
+    "SCHEDULE_VARIANTS",
+    "Activation",
+    "AdamOptimizer",
+    "AdamwOptimizer",
+    "CallbackConfig",
+    "CharLMData",
+    "CheckpointConfig",
+    "ClassificationData",
+    "CnnModel",
+    "Config",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "CsvData",
+    "CustomData",
+    "CustomLoss",
+    "CustomModel",
+    "DataConfig",
+    "DigitsData",
+    "EarlyStoppingConfig",
+    "ExponentialSchedule",
+    "Fraction",
+    "FrozenList",
+    "FrozenMapping",
+    "HuberLoss",
+    "IdxData",
+    "LinearSchedule",
+    "LogConfig",
+    "LoopConfig",
+    "LossConfig",
+    "MeanSquaredErrorLoss",
+    "MlpModel",
+    "ModelConfig",
+    "MomentumOptimizer",
+    "NesterovOptimizer",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "Norm",
+    "NpzData",
+    "ObjectiveConfig",
+    "OptimizerConfig",
+    "ParallelConfig",
+    "PiecewiseSchedule",
+    "PositiveFloat",
+    "PositiveInt",
+    "RegressionData",
+    "ResnetModel",
+    "RmspropOptimizer",
+    "ScheduleConfig",
+    "SgdOptimizer",
+    "SigmoidBinaryCrossEntropyLoss",
+    "SoftmaxCrossEntropyLoss",
+    "TransformerLmModel",
+    "Variants",
+    "WarmupCosineSchedule",
+    "apply_overrides",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "loss_variant",
+    "parse_override",
+    "parse_yaml",
+    "reference_markdown",
+    "validate",
+]
