@@ -56,8 +56,20 @@ class CallbackError(ConfigError):
     """A user's callback raised; the run stopped, its last checkpoint intact (CLI exit 2)."""
 
 
-def callback_name(callback: Any) -> str:
-    return getattr(callback, "fntrain_name", None) or type(callback).__name__
+def from_config(config) -> list[tuple[str, Any]]:
+    """``(name, callback)`` for each entry of the config's ``callbacks``: ``factory(**kwargs)``."""
+    from fntrain.registry import call_user
+
+    built = []
+    for i, entry in enumerate(config.callbacks):
+        callback = call_user(entry.function(), entry.kwargs_dict, f"callbacks[{i}]")
+        if not any(hasattr(callback, m) for m in METHODS):
+            raise ConfigError(
+                f"callbacks[{i}]: {entry.name!r} returned {type(callback).__name__}, which has none of the "
+                f"callback methods ({', '.join(METHODS)})"
+            )
+        built.append((entry.name, callback))
+    return built
 
 
 class Callbacks:
@@ -65,23 +77,25 @@ class Callbacks:
 
     Args:
       builtin: the loop's own outputs; their errors (a full disk, say) pass through unchanged.
-      user: the user's callbacks; an exception in one becomes a one-line
-        :class:`CallbackError` naming the callback, the method and the step.
+      user: the user's callbacks, or ``(name, callback)`` pairs (a name for messages); an
+        exception in one becomes a one-line :class:`CallbackError` naming the callback, the
+        method and the step.
       active: False on processes other than 0, where nothing is called.
     """
 
     def __init__(self, builtin: Sequence[Any] = (), user: Sequence[Any] = (), *, active: bool = True):
-        self.entries = [(c, False) for c in builtin] + [(c, True) for c in user]
+        named = [c if isinstance(c, tuple) else (type(c).__name__, c) for c in user]
+        self.entries = [(c, None) for c in builtin] + [(c, name) for name, c in named]
         self.active = active
 
     def _call(self, method: str, step: int, *args) -> None:
         if not self.active:
             return
-        for callback, is_user in self.entries:
+        for callback, user_name in self.entries:
             fn = getattr(callback, method, None)
             if fn is None:
                 continue
-            if not is_user:
+            if user_name is None:
                 fn(*args)
                 continue
             try:
@@ -89,7 +103,7 @@ class Callbacks:
             except Exception as e:  # noqa: BLE001 - any failure of user code ends the run cleanly
                 detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
                 raise CallbackError(
-                    f"callback {callback_name(callback)!r} failed in {method} at step {step}: "
+                    f"callback {user_name!r} failed in {method} at step {step}: "
                     f"{type(e).__name__}{': ' + detail if detail else ''}; the last checkpoint is intact "
                     "(fix the callback, then continue with --resume)"
                 ) from e

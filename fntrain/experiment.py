@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
@@ -11,6 +12,8 @@ from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
 from fntrain.errors import ConfigError
+from fntrain.metrics import METRICS
+from fntrain.registry import call_user, lookup
 from fntrain.step import supervised_loss
 
 
@@ -49,28 +52,60 @@ def build_experiment(config: cfg.Config) -> Experiment:
     """
     keys = seed_keys(config.seed)
     splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
-    num_outputs = builders.infer_num_outputs(splits, config.loss.name)
+    num_outputs = builders.infer_num_outputs(splits, config.loss)
     net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
     if config.precision != "float32":
         net = nn.mixed_precision(net, config.precision)
-    loss = builders.build_loss(config.loss)
-    loss_fn = supervised_loss(net, loss)
+    loss, loss_fn = build_objective(config, net)
     x, y = splits.train.x[:2], splits.train.y[:2]
+    objective = f"objective {config.objective.name!r}" if config.objective else f"loss {config.loss.name!r}"
     try:
         params, model_state = net.init(keys["init"], x)
-        jax.eval_shape(loss_fn, params, model_state, (x, y), None)
+        shapes = jax.eval_shape(loss_fn, params, model_state, (x, y), None)
     except (TypeError, ValueError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"the data (inputs {x.shape[1:]} {x.dtype}, targets {y.shape[1:]} {y.dtype}) does not fit "
-            f"model {config.model.name!r} with loss {config.loss.name!r}: {detail}"
+            f"model {config.model.name!r} with {objective}: {detail}"
         ) from None
+    _check_loss_fn(shapes, objective)
     if config.log.layer_stats and net.name != "serial":
         raise ConfigError(
             f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "
             f"model is); model {config.model.name!r} is not one"
         )
     return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
+
+
+def build_objective(config: cfg.Config, net: nn.Module) -> tuple[Optional[Callable], Callable]:
+    """``(loss, loss_fn)``: the config's ``objective`` (``loss`` is then None), or its ``loss``
+    on ``(inputs, targets)`` batches with the metrics ``config.metrics`` names."""
+    if config.objective is not None:
+        factory = config.objective.function()
+        loss_fn = call_user(functools.partial(factory, net), config.objective.kwargs_dict, "objective")
+        if not callable(loss_fn):
+            raise ConfigError(
+                f"objective {config.objective.name!r} must return loss_fn(params, model_state, batch, key), "
+                f"got {type(loss_fn).__name__}"
+            )
+        return None, loss_fn
+    metric_fns = {name: lookup(metric, "metric", METRICS) for name, metric in config.metrics_to_report.items()}
+    loss = builders.build_loss(config.loss)
+    return loss, supervised_loss(net, loss, metric_fns=metric_fns)
+
+
+def _check_loss_fn(out, objective: str) -> None:
+    """``out``, the shapes a ``loss_fn`` returns, must be ``(scalar, (model_state, {name: metric}))``."""
+    try:
+        loss, (_, metrics) = out
+        ok = getattr(loss, "shape", None) == () and isinstance(metrics, dict)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"{objective}: its loss_fn must return (loss, (model_state, metrics)) with a scalar loss and a dict of "
+            f"metrics, as fntrain.step describes; got {jax.tree.map(lambda a: getattr(a, 'shape', a), out)}"
+        )
 
 
 def metric_names(exp: Experiment) -> list[str]:

@@ -35,6 +35,7 @@ from fntrain import data as data_lib
 from fntrain import nn
 from fntrain.cadence import Cadence
 from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
+from fntrain.callbacks import from_config as callbacks_from_config
 from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.dispatch import Dispatch, dispatches
 from fntrain.early_stopping import EarlyStopping
@@ -416,6 +417,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
         initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
     exp = build_experiment(config)
     _check_early_stopping_metric(config, exp)
+    user = [*callbacks_from_config(config), *user_callbacks]  # before anything is written
     placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
     pad = exp.loss is not None and _takes_weights(exp.loss)
     _check_divisible(placement, dc, exp.splits.train.num_examples, pad)
@@ -447,7 +449,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
         schedule=schedule,
         run_dir=run_dir,
         checkpointer=checkpointer,
-        callbacks=Callbacks([MetricsFile(run_dir), progress], user_callbacks, active=main_process),
+        callbacks=Callbacks([MetricsFile(run_dir), progress], user, active=main_process),
         progress=progress,
         say=say,
         train_step=_compiled_train_step(config, exp.loss_fn, optimizer, placement, state_sharding, resident),
