@@ -238,6 +238,17 @@ def test_initializers_have_the_documented_scale():
         nn.initializers.get("he")
 
 
+@pytest.mark.parametrize("make,shape", [(nn.dense, (2, 1)), (lambda f, **kw: nn.conv2d(f, 1, **kw), (1, 2, 2, 1))])
+def test_kernel_and_bias_come_from_different_keys(make, shape):
+    # With one key for both, w[..., j] and b[j] were the same draws whenever b_init was random.
+    init = nn.initializers.normal(1.0)
+    params, _ = make(6, w_init=init, b_init=init).init(jax.random.key(0), jnp.ones(shape))
+    w_key, b_key = jax.random.split(jax.random.key(0))
+    np.testing.assert_array_equal(params["w"], init(w_key, params["w"].shape, jnp.float32))
+    np.testing.assert_array_equal(params["b"], init(b_key, (6,), jnp.float32))
+    assert not np.allclose(params["w"].ravel(), params["b"])
+
+
 def test_summary_counts_parameters_without_allocating():
     net = nn.mlp((32, 16), 10)
     table = nn.summary(net, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))

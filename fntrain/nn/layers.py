@@ -63,9 +63,10 @@ def dense(
 
     def init(key, x):
         dtype = _param_dtype(x)
-        params = {"w": w_init(key, (x.shape[-1], features), dtype)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (x.shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(key, (features,), dtype)
+            params["b"] = b_init(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
@@ -100,9 +101,10 @@ def conv2d(
     def init(key, x):
         _require_rank("conv2d", x, 4, "[N, H, W, C]")
         dtype = _param_dtype(x)
-        params = {"w": w_init(key, (*kernel, x.shape[-1], features), dtype)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel, x.shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(key, (features,), dtype)
+            params["b"] = b_init(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
