@@ -58,6 +58,12 @@ def dense(
     """Affine map on the last axis: ``y = x @ w + b``.
 
     Shapes: ``x: [..., in]`` -> ``y: [..., features]``; ``w: [in, features]``, ``b: [features]``.
+
+    ``w`` defaults to LeCun normal (variance ``1 / in``) and ``b`` to zeros, drawn from two
+    keys split from ``init``'s. The ready-made :func:`~fntrain.nn.mlp` and
+    :func:`~fntrain.nn.cnn` (and the YAML ``mlp``/``cnn`` models) choose differently: He normal
+    after ReLU-family activations, Glorot uniform otherwise and for the output layer; pass
+    ``w_init`` to either to get the same network both ways.
     """
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
@@ -92,7 +98,11 @@ def conv2d(
 
     Shapes: ``x: [N, H, W, C]`` -> ``y: [N, H', W', features]``; ``w: [kh, kw, C, features]``.
     With ``"SAME"`` padding ``H' = ceil(H / stride)``; with ``"VALID"``
-    ``H' = ceil((H - kh + 1) / stride)``.
+    ``H' = ceil((H - kh + 1) / stride)``. The kernel is :func:`conv2d_nhwc`'s, chosen by platform.
+
+    ``w`` defaults to He normal (variance ``2 / (kh * kw * C)``) and ``b`` to zeros, drawn from
+    two keys split from ``init``'s. :func:`~fntrain.nn.cnn` uses He normal too after
+    ReLU-family activations but Glorot uniform after saturating ones; see its ``w_init``.
     """
     kernel, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
     padding = _check_padding(padding)
