@@ -101,15 +101,13 @@ def dot_product_attention(
         )
     if mask is not None:
         _check_mask(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
-    return lax.platform_dependent(
-        q,
-        k,
-        v,
-        mask,
-        cpu=functools.partial(_cpu.attention, causal=causal),
-        cuda=functools.partial(_jax_nn_attention, causal=causal, cudnn=True),
-        default=functools.partial(_jax_nn_attention, causal=causal, cudnn=False),
-    )
+    kernels = {
+        "cpu": functools.partial(_cpu.attention, causal=causal),
+        "default": functools.partial(_jax_nn_attention, causal=causal, cudnn=False),
+    }
+    if jnp.result_type(q, k, v) in (jnp.bfloat16, jnp.float16):  # cuDNN's fused attention takes no other
+        kernels["cuda"] = functools.partial(_jax_nn_attention, causal=causal, cudnn=True)
+    return lax.platform_dependent(q, k, v, mask, **kernels)
 
 
 def _check_mask(mask, logits_shape: tuple[int, ...]):
