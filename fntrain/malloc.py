@@ -59,7 +59,7 @@ _MMAP_THRESHOLD = 1 << 30
 _TRIM_THRESHOLD = 1 << 31
 # glibc's defaults, for tune("system") after tuning. glibc stops adapting the mmap threshold
 # once it is set, and arena_max 0 cannot be set back, so these are its starting values.
-_GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 * 1024, _M_TRIM_THRESHOLD: 128 * 1024, _M_ARENA_MAX: 8 * (os.cpu_count() or 1)}
+_GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10, _M_ARENA_MAX: 8 * (os.cpu_count() or 1)}
 
 MODES = ("auto", "tuned", "system")
 # A device node that exists where the plugin's hardware does (JAX falls back to the CPU otherwise).

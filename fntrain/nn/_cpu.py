@@ -157,7 +157,7 @@ _mix.defvjp(_mix_fwd, _mix_bwd)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
-    """``softmax(q k^T / sqrt(Dh)) v`` per head, in at least float32, from :func:`_scores`, :func:`_softmax`, :func:`_mix`.
+    """``softmax(q k^T / sqrt(Dh)) v`` per head in at least float32, by :func:`_scores`, :func:`_softmax`, :func:`_mix`.
 
     Masked logits are set to the dtype's most negative finite value rather than ``-inf``, so
     a masked key gets weight exactly 0 and a row with every key masked averages all values.
@@ -192,7 +192,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def attention(q, k, v, mask: Optional[jax.Array], *, causal: bool) -> jax.Array:
-    """:func:`dot_product_attention` with an optional causal mask, by :func:`causal_attention` when nothing else is masked.
+    """:func:`dot_product_attention`, optionally causal: by :func:`causal_attention` when nothing else is masked.
 
     Shapes as for :func:`dot_product_attention`; ``causal`` lets query ``i`` see keys ``<= i``.
     """
