@@ -289,7 +289,7 @@ def test_multi_head_attention_matches_numpy_reference(causal, padded):
 
 def test_attention_softmax_and_its_gradient_match_jax_nn_softmax():
     # The attention softmax has a hand-written backward pass; it must be jax.nn.softmax's VJP.
-    from fntrain.nn.attention import _softmax
+    from fntrain.nn._cpu import _softmax
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 4, 6)).astype(np.float32) * 3
@@ -308,7 +308,7 @@ def test_attention_softmax_and_its_gradient_match_jax_nn_softmax():
 def test_attention_matmuls_and_their_gradients_match_plain_einsum():
     # _scores and _mix have hand-written backward passes (a transposed operand on CPU);
     # they must be the plain einsums' VJPs, with Tq != Tk so a swapped axis cannot hide.
-    from fntrain.nn.attention import _mix, _scores
+    from fntrain.nn._cpu import _mix, _scores
 
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 6, 5))
@@ -333,13 +333,13 @@ def test_attention_matmuls_and_their_gradients_match_plain_einsum():
 def test_causal_attention_in_two_blocks_equals_the_full_masked_square(t):
     # multi_head_attention(causal=True) without padding attends the first half of the queries
     # over the first half of the keys only; values and gradients must match the full square.
-    from fntrain.nn.attention import _causal_attention
+    from fntrain.nn._cpu import causal_attention
 
     rng = np.random.default_rng(t)
     q, k, v = (jnp.asarray(rng.normal(size=(2, t, 3, 4)), jnp.float32) for _ in range(3))
     g = jnp.asarray(rng.normal(size=(2, t, 3, 4)), jnp.float32)
     full = functools.partial(nn.dot_product_attention, mask=jnp.tril(jnp.ones((t, t), bool)))
-    y, vjp = jax.vjp(_causal_attention, q, k, v)
+    y, vjp = jax.vjp(causal_attention, q, k, v)
     y_ref, vjp_ref = jax.vjp(full, q, k, v)
     # The same float32 operations on fewer (exactly-zero-weight) terms: ~1e-7 absolute.
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)

@@ -6,16 +6,18 @@ boolean with ``True`` meaning "may attend".
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from fntrain.nn import initializers
+from fntrain.nn import _cpu, initializers
 from fntrain.nn import layers as L
 from fntrain.nn.core import Module
-from fntrain.nn.matmul import matmul, transposed
+from fntrain.nn.matmul import matmul
 
 
 def _require_sequence(layer: str, x):
@@ -26,95 +28,63 @@ def _require_sequence(layer: str, x):
         )
 
 
-@jax.custom_vjp
-def _softmax(logits: jax.Array) -> jax.Array:
-    """``jax.nn.softmax(logits, axis=-1)``, the same numbers, with a hand-written backward pass.
+def _jax_nn_attention(q, k, v, mask, *, causal: bool, cudnn: bool) -> jax.Array:
+    """:func:`dot_product_attention` by ``jax.nn.dot_product_attention``: cuDNN's fused kernel or XLA's composite.
 
-    The backward pass is ``w * (g - sum(g * w, axis=-1))`` from the saved output ``w`` alone.
-    Differentiating ``jax.nn.softmax`` instead made the W4 transformer's gradient ~8% slower on
-    XLA:CPU (``scripts/bench_transformer.py``): its transposed JVP takes more passes over the
-    ``[B, H, Tq, Tk]`` arrays, the largest in the model. Forward-mode autodiff (``jax.jvp``)
-    is not available through it.
+    With ``cudnn`` and bfloat16 or float16 inputs it asks for cuDNN's fused attention; where
+    that cannot be had (no cuDNN at trace time, as when exporting for CUDA on a machine
+    without a GPU; a shape, head size or mask cuDNN does not take) and for every other input
+    it uses XLA's composite. jax wants one dtype and one head size for ``q``, ``k`` and ``v``:
+    they are promoted to a common dtype, and zero columns appended to the narrower heads
+    change neither the logits nor the outputs kept.
     """
-    e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    return e / jnp.sum(e, axis=-1, keepdims=True)
+    dtype, out_dtype = jnp.result_type(q, k, v), v.dtype
+    dh, dv = q.shape[-1], v.shape[-1]
+    width = max(dh, dv)
 
+    def widen(a):
+        a = a.astype(dtype)
+        return a if a.shape[-1] == width else jnp.pad(a, [(0, 0)] * 3 + [(0, width - a.shape[-1])])
 
-def _softmax_fwd(logits):
-    weights = _softmax(logits)
-    return weights, weights
-
-
-def _softmax_bwd(weights, g):
-    return (weights * (g - jnp.sum(g * weights, axis=-1, keepdims=True)),)
-
-
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
-
-
-@jax.custom_vjp
-def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
-    """``q k^T`` per head: ``q [B, H, Tq, D]``, ``k [B, H, Tk, D]`` -> ``[B, H, Tq, Tk]``.
-
-    The backward pass is autodiff's, but ``dk = g^T q`` reads a transposed copy of ``g``
-    (:func:`~fntrain.nn.matmul.transposed`). With :func:`_mix`, the W4 transformer's train
-    step is 3-5% faster on XLA:CPU.
-    """
-    return jnp.einsum("bhqd,bhkd->bhqk", q, k)
-
-
-def _scores_fwd(q, k):
-    return _scores(q, k), (q, k)
-
-
-def _scores_bwd(residuals, g):
-    q, k = residuals
-    return jnp.einsum("bhqk,bhkd->bhqd", g, k), jnp.einsum("bhkq,bhqd->bhkd", transposed(g), q)
-
-
-_scores.defvjp(_scores_fwd, _scores_bwd)
-
-
-@jax.custom_vjp
-def _mix(weights: jax.Array, v: jax.Array) -> jax.Array:
-    """``weights v`` per head: ``weights [B, H, Tq, Tk]``, ``v [B, H, Tk, Dv]`` -> ``[B, H, Tq, Dv]``.
-
-    The backward pass reads a transposed copy of ``weights`` for ``dv = weights^T g``, as
-    :func:`_scores` does.
-    """
-    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-
-
-def _mix_fwd(weights, v):
-    return _mix(weights, v), (weights, v)
-
-
-def _mix_bwd(residuals, g):
-    weights, v = residuals
-    return jnp.einsum("bhqd,bhkd->bhqk", g, v), jnp.einsum("bhkq,bhqd->bhkd", transposed(weights), g)
-
-
-_mix.defvjp(_mix_fwd, _mix_bwd)
+    q, k, v = widen(q), widen(k), widen(v)
+    kwargs = dict(mask=mask, scale=1.0 / math.sqrt(dh), is_causal=causal)
+    y = None
+    if cudnn and dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            y = jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
+        except (NotImplementedError, RuntimeError, ValueError, TypeError):
+            pass  # raised while tracing, before cuDNN's call is staged out
+    if y is None:
+        y = jax.nn.dot_product_attention(q, k, v, implementation="xla", **kwargs)
+    return y[..., :dv].astype(out_dtype)
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Optional[jax.Array] = None
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Optional[jax.Array] = None, causal: bool = False
 ) -> jax.Array:
     """Scaled dot-product attention, per head: ``softmax(q k^T / sqrt(Dh)) v``.
 
-    The logits and softmax are computed in at least float32 (float64 inputs stay
-    float64); the result has ``v``'s dtype. Masked logits are set to the dtype's
-    most negative finite value rather than ``-inf``, so a masked key gets weight
-    exactly 0 and a row with every key masked averages all values instead of
-    giving NaN.
+    Masked logits are set to a large negative finite value rather than ``-inf``, so a masked
+    key gets weight exactly 0 and a row with every key masked averages all values instead of
+    giving NaN. The result has ``v``'s dtype.
+
+    The kernel depends on the platform the computation is lowered for
+    (``jax.lax.platform_dependent``). On XLA:CPU it is fntrain's own (``fntrain/nn/_cpu.py``):
+    logits, softmax and mixing in at least float32 (float64 stays float64), with hand-written
+    backward passes. Elsewhere it is ``jax.nn.dot_product_attention``: on CUDA with
+    bfloat16/float16 inputs cuDNN's fused attention where cuDNN takes the shapes, otherwise
+    XLA's composite, whose logits and softmax are float32 and whose mixing runs in the inputs'
+    dtype. Every platform's kernel is traced, so ``jax.grad`` and ``jax.vmap`` work, but
+    forward-mode autodiff (``jax.jvp``) does not: the CPU kernel's backward pass is
+    hand-written.
 
     Args:
       q: ``[B, Tq, H, Dh]`` queries.
       k: ``[B, Tk, H, Dh]`` keys.
       v: ``[B, Tk, H, Dv]`` values.
       mask: optional bool, broadcastable to ``[B, H, Tq, Tk]``; ``True`` = query may attend
-        to key. E.g. causal ``jnp.tril(jnp.ones((T, T), bool))`` or key padding
-        ``pad[:, None, None, :]``.
+        to key. E.g. key padding ``pad[:, None, None, :]``.
+      causal: if True, query ``i`` attends only to keys ``<= i`` (and to what ``mask`` allows).
 
     Returns:
       ``[B, Tq, H, Dv]``.
@@ -129,42 +99,30 @@ def dot_product_attention(
             f"dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit; expected "
             "q [B, Tq, H, Dh], k [B, Tk, H, Dh], v [B, Tk, H, Dv]."
         )
-    dtype = jnp.promote_types(q.dtype, jnp.float32)
-    out_dtype = v.dtype
-    q, k, v = (jnp.swapaxes(a.astype(dtype), 1, 2) for a in (q, k, v))  # [B, H, T, D]
-    logits = _scores(q, k) / math.sqrt(q.shape[-1])
     if mask is not None:
-        if mask.dtype != jnp.bool_:
-            raise TypeError(
-                f"dot_product_attention mask must be bool (True = attend), got dtype {mask.dtype}; "
-                "convert with mask.astype(bool) or mask != 0."
-            )
-        try:
-            jnp.broadcast_shapes(mask.shape, logits.shape)
-        except ValueError:
-            raise ValueError(
-                f"dot_product_attention mask of shape {mask.shape} does not broadcast to "
-                f"[B, H, Tq, Tk] = {logits.shape}; a key padding mask [B, Tk] needs mask[:, None, None, :]."
-            ) from None
-        logits = jnp.where(mask, logits, jnp.finfo(dtype).min)
-    weights = _softmax(logits)
-    return jnp.swapaxes(_mix(weights, v), 1, 2).astype(out_dtype)
+        _check_mask(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+    kernels = {
+        "cpu": functools.partial(_cpu.attention, causal=causal),
+        "default": functools.partial(_jax_nn_attention, causal=causal, cudnn=False),
+    }
+    if jnp.result_type(q, k, v) in (jnp.bfloat16, jnp.float16):  # cuDNN's fused attention takes no other
+        kernels["cuda"] = functools.partial(_jax_nn_attention, causal=causal, cudnn=True)
+    return lax.platform_dependent(q, k, v, mask, **kernels)
 
 
-def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Causal :func:`dot_product_attention` of ``q, k, v: [B, T, H, D*]`` that skips the masked top-right block.
-
-    A query in the first half (``t < T // 2``) sees only keys in the first half, so it is
-    attended over those alone: 3/4 of the logits, softmax and matmul work of the full
-    ``[T, T]`` square, and the W4 transformer's gradient ~6% faster on XLA:CPU. The result is
-    the same: the skipped logits would get weight exactly 0 (every query sees at least itself).
-    """
-    t = q.shape[1]
-    m = t // 2
-    causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
-    first = dot_product_attention(q[:, :m], k[:, :m], v[:, :m], mask=causal[:m, :m])
-    second = dot_product_attention(q[:, m:], k, v, mask=causal[m:])
-    return jnp.concatenate([first, second], axis=1)
+def _check_mask(mask, logits_shape: tuple[int, ...]):
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"dot_product_attention mask must be bool (True = attend), got dtype {mask.dtype}; "
+            "convert with mask.astype(bool) or mask != 0."
+        )
+    try:
+        jnp.broadcast_shapes(mask.shape, logits_shape)
+    except ValueError:
+        raise ValueError(
+            f"dot_product_attention mask of shape {mask.shape} does not broadcast to "
+            f"[B, H, Tq, Tk] = {logits_shape}; a key padding mask [B, Tk] needs mask[:, None, None, :]."
+        ) from None
 
 
 def _project(params, x):
@@ -233,9 +191,7 @@ def multi_head_attention(
         def heads(p):
             return _project(p, x).reshape(b, t, num_heads, -1)
 
-        full = None
-        if causal:
-            full = jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
+        padding = None
         if mask is not None:
             if mask.shape != (b, t) or mask.dtype != jnp.bool_:
                 raise ValueError(
@@ -243,12 +199,8 @@ def multi_head_attention(
                     f"(True = real token), got {mask.dtype} {tuple(mask.shape)}."
                 )
             padding = mask[:, None, None, :]
-            full = padding if full is None else full & padding
         q, k, v = heads(params["q"]), heads(params["k"]), heads(params["v"])
-        if causal and mask is None and t > 1:
-            y = _causal_attention(q, k, v)
-        else:
-            y = dot_product_attention(q, k, v, mask=full)
+        y = dot_product_attention(q, k, v, mask=padding, causal=causal)
         return _project(params["o"], y.reshape(b, t, -1)), state
 
     return Module(init, apply, "multi_head_attention")

@@ -6,13 +6,14 @@ float64 parameters, as gradient checks want) and float32 otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fntrain.nn import initializers
+from fntrain.nn import _cpu, initializers
 from fntrain.nn.core import Module, stateless
 from fntrain.nn.matmul import matmul
 
@@ -57,14 +58,21 @@ def dense(
     """Affine map on the last axis: ``y = x @ w + b``.
 
     Shapes: ``x: [..., in]`` -> ``y: [..., features]``; ``w: [in, features]``, ``b: [features]``.
+
+    ``w`` defaults to LeCun normal (variance ``1 / in``) and ``b`` to zeros, drawn from two
+    keys split from ``init``'s. The ready-made :func:`~fntrain.nn.mlp` and
+    :func:`~fntrain.nn.cnn` (and the YAML ``mlp``/``cnn`` models) choose differently: He normal
+    after ReLU-family activations, Glorot uniform otherwise and for the output layer; pass
+    ``w_init`` to either to get the same network both ways.
     """
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
     def init(key, x):
         dtype = _param_dtype(x)
-        params = {"w": w_init(key, (x.shape[-1], features), dtype)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (x.shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(key, (features,), dtype)
+            params["b"] = b_init(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
@@ -90,7 +98,11 @@ def conv2d(
 
     Shapes: ``x: [N, H, W, C]`` -> ``y: [N, H', W', features]``; ``w: [kh, kw, C, features]``.
     With ``"SAME"`` padding ``H' = ceil(H / stride)``; with ``"VALID"``
-    ``H' = ceil((H - kh + 1) / stride)``.
+    ``H' = ceil((H - kh + 1) / stride)``. The kernel is :func:`conv2d_nhwc`'s, chosen by platform.
+
+    ``w`` defaults to He normal (variance ``2 / (kh * kw * C)``) and ``b`` to zeros, drawn from
+    two keys split from ``init``'s. :func:`~fntrain.nn.cnn` uses He normal too after
+    ReLU-family activations but Glorot uniform after saturating ones; see its ``w_init``.
     """
     kernel, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
     padding = _check_padding(padding)
@@ -99,9 +111,10 @@ def conv2d(
     def init(key, x):
         _require_rank("conv2d", x, 4, "[N, H, W, C]")
         dtype = _param_dtype(x)
-        params = {"w": w_init(key, (*kernel, x.shape[-1], features), dtype)}
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel, x.shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(key, (features,), dtype)
+            params["b"] = b_init(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, train=False, key=None):
@@ -113,54 +126,31 @@ def conv2d(
     return Module(init, apply, "conv2d")
 
 
-def _out_size_and_pads(size: int, k: int, stride: int, padding: str) -> tuple[int, tuple[int, int]]:
-    """Output length and (low, high) zero padding along one spatial axis, as XLA defines them."""
-    if padding == "SAME":
-        out = -(-size // stride)
-        total = max((out - 1) * stride + k - size, 0)
-        return out, (total // 2, total - total // 2)
-    return -(-(size - k + 1) // stride), (0, 0)
-
-
-def _patches(x, kernel: tuple[int, int], strides: tuple[int, int], padding: str):
-    """The input window under each output position, kernel taps concatenated on the channel axis.
-
-    Shapes: ``x: [N, H, W, C]`` -> ``[N, H', W', kh * kw * C]``, channel index
-    ``(i * kw + j) * C + c`` for tap ``(i, j)``: the row order of ``w.reshape(-1, F)``.
-    """
-    (kh, kw), (sh, sw) = kernel, strides
-    out_h, pad_h = _out_size_and_pads(x.shape[1], kh, sh, padding)
-    out_w, pad_w = _out_size_and_pads(x.shape[2], kw, sw, padding)
-    xp = jnp.pad(x, [(0, 0), pad_h, pad_w, (0, 0)])
-    taps = [
-        xp[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return jnp.concatenate(taps, axis=-1)
+def _xla_conv2d(x, w, strides: tuple[int, int], padding: str):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def conv2d_nhwc(x, w, strides: tuple[int, int], padding: str):
-    """Cross-correlation over NHWC/HWIO as one matmul of image patches (im2col) with the kernel.
+    """Cross-correlation over NHWC/HWIO: XLA's convolution, or on XLA:CPU one matmul of image patches.
 
     Equals ``lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC",
-    "HWIO", "NHWC"))``. On XLA:CPU the matmul runs several times faster than XLA's own
-    convolution, forward and backward: the kernel gradient is ``patches^T @ g`` (XLA's
-    kernel-gradient convolution is a naive loop there, 50x slower inside a ``lax.scan``) and the
-    input gradient is ``g @ w^T`` scattered back by the transposes of the slices. It is plain
-    ``jnp``, so every autodiff mode (``jax.grad``, ``jax.jvp``, ``jax.hessian``) works.
-
-    The patches take ``kh * kw`` times the memory of ``x`` (for a 3x3 kernel on
-    ``[128, 28, 28, 32]`` float32, 115 MB), kept for the backward pass.
+    "HWIO", "NHWC"))``. The kernel depends on the platform the computation is lowered for
+    (``jax.lax.platform_dependent``): on GPU and TPU it is that convolution (cuDNN's on NVIDIA
+    GPUs); on XLA:CPU it is im2col and one matmul (``fntrain/nn/_cpu.py``), several times
+    faster there forward and backward but ``kh * kw`` times the memory of ``x``. Both support
+    every autodiff mode (``jax.grad``, ``jax.jvp``, ``jax.hessian``) and ``jax.vmap``.
 
     Shapes: ``x: [N, H, W, C]``, ``w: [kh, kw, C, F]`` -> ``[N, H', W', F]``, dtype of ``x``.
     """
-    kh, kw, c, f = w.shape
+    c = w.shape[2]
     if x.shape[-1] != c:
         raise ValueError(f"conv2d kernel expects {c} input channels, got input of shape {tuple(x.shape)}")
-    patches = _patches(x, (kh, kw), strides, padding)
-    y = matmul(patches.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, f))
-    return y.reshape(*patches.shape[:3], f)
+    return lax.platform_dependent(
+        x,
+        w,
+        cpu=functools.partial(_cpu.conv2d_im2col, strides=strides, padding=padding),
+        default=functools.partial(_xla_conv2d, strides=strides, padding=padding),
+    )
 
 
 def depthwise_conv2d(

@@ -13,7 +13,7 @@ batches, a transposed copy of ``x`` written out first is faster, copy included (
 step, batch 128: 3.45 -> 3.33 ms); for larger ones (1024 or 4096 rows) the copy costs more
 than it saves inside a train step, so :func:`matmul` copies only up to 256 rows. The batched
 attention matmul ``"bqk,bqd->bkd"`` gains from the copy at W4's size too (4.2 -> 3.0 ms for
-``[128, 128, 128] x [128, 128, 32]``), see :mod:`fntrain.nn.attention`.
+``[128, 128, 128] x [128, 128, 32]``), see :mod:`fntrain.nn._cpu`.
 
 XLA folds a plain transpose back into the matmul, so :func:`transposed` hides it behind an
 optimisation barrier. Other platforms transpose for free inside their matmuls and get the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from fntrain.nn import attention as A
+from fntrain.nn import initializers
 from fntrain.nn import blocks as B
 from fntrain.nn import layers as L
 from fntrain.nn.core import Module, serial
@@ -21,9 +22,16 @@ def _norm(norm: Optional[str]) -> list[Module]:
         raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(_NORMS)} or None") from None
 
 
-def _kernel_init(activation: str) -> str:
-    # He initialisation keeps ReLU-family activations at unit variance; Glorot suits saturating ones.
-    return "he_normal" if activation in ("relu", "gelu", "softplus") else "glorot_uniform"
+_RELU_FAMILY = ("relu", "gelu", "softplus")
+
+
+def _kernel_inits(activation: str, w_init: Optional[initializers.InitializerLike]) -> tuple:
+    """(hidden, output) kernel initializers: ``w_init`` for both, or the activation-based rule."""
+    if w_init is not None:
+        return w_init, w_init
+    # He initialisation keeps ReLU-family activations at unit variance; Glorot suits saturating
+    # ones, and the (linear) output layer.
+    return ("he_normal" if activation in _RELU_FAMILY else "glorot_uniform"), "glorot_uniform"
 
 
 def mlp(
@@ -33,20 +41,34 @@ def mlp(
     activation: str = "relu",
     dropout_rate: float = 0.0,
     norm: Optional[str] = None,
+    w_init: Optional[initializers.InitializerLike] = None,
 ) -> Module:
     """A multi-layer perceptron; inputs are flattened first.
 
     ``[N, ...] -> flatten -> (dense -> [norm] -> activation -> [dropout]) * len(hidden_sizes) -> dense``
 
     Returns ``[N, num_outputs]`` outputs (logits for classification).
+
+    Args:
+      hidden_sizes: widths of the hidden layers.
+      num_outputs: width of the output layer.
+      activation: name of the hidden activation (see ``nn.ACTIVATIONS``).
+      dropout_rate: dropout after each hidden activation in training (needs a key).
+      norm: ``"batch"``, ``"layer"`` or None, after each hidden dense layer.
+      w_init: initializer (or its name) of every kernel. ``None`` chooses by activation: He
+        normal for the hidden layers after ``relu``, ``gelu`` or ``softplus``, Glorot uniform
+        after the others, and Glorot uniform for the output layer. This differs from
+        :func:`~fntrain.nn.dense`'s default (LeCun normal): pass ``w_init="lecun_normal"`` for
+        the network ``serial(flatten, dense(...), relu, ..., dense(num_outputs))`` gives.
     """
-    act, w_init = L.activation(activation), _kernel_init(activation)
+    act = L.activation(activation)
+    hidden_init, output_init = _kernel_inits(activation, w_init)
     layers: list[Module] = [L.flatten]
     for width in hidden_sizes:
-        layers += [L.dense(width, w_init=w_init), *_norm(norm), act]
+        layers += [L.dense(width, w_init=hidden_init), *_norm(norm), act]
         if dropout_rate:
             layers.append(L.dropout(dropout_rate))
-    layers.append(L.dense(num_outputs, w_init="glorot_uniform"))
+    layers.append(L.dense(num_outputs, w_init=output_init))
     return serial(*layers)
 
 
@@ -60,6 +82,7 @@ def cnn(
     activation: str = "relu",
     dropout_rate: float = 0.0,
     norm: Optional[str] = None,
+    w_init: Optional[initializers.InitializerLike] = None,
 ) -> Module:
     """A small convolutional network for NHWC images.
 
@@ -67,10 +90,17 @@ def cnn(
 
     Pooling uses SAME padding, so odd sizes (7x7) shrink to ``ceil(H / 2)``.
     Shapes: ``x: [N, H, W, C]`` -> ``[N, num_outputs]``.
+
+    ``w_init`` is the initializer (or its name) of every kernel, convolutions included. ``None``
+    chooses as :func:`mlp` does: He normal for the convolutions and hidden dense layers after
+    ``relu``, ``gelu`` or ``softplus``, Glorot uniform after the others, and Glorot uniform for
+    the output layer (:func:`~fntrain.nn.conv2d` defaults to He normal, :func:`~fntrain.nn.dense`
+    to LeCun normal).
     """
     if pool not in ("max", "avg", None):
         raise ValueError(f"cnn pool must be 'max', 'avg' or None, got {pool!r}")
-    act, w_init = L.activation(activation), _kernel_init(activation)
+    act = L.activation(activation)
+    w_init, output_init = _kernel_inits(activation, w_init)
     layers: list[Module] = []
     for c in channels:
         layers += [L.conv2d(c, kernel_size, w_init=w_init), *_norm(norm), act]
@@ -83,7 +113,7 @@ def cnn(
         layers += [L.dense(width, w_init=w_init), act]
         if dropout_rate:
             layers.append(L.dropout(dropout_rate))
-    layers.append(L.dense(num_outputs, w_init="glorot_uniform"))
+    layers.append(L.dense(num_outputs, w_init=output_init))
     return serial(*layers)
 
 

@@ -30,6 +30,10 @@ def count_params(params) -> int:
 def summary(net: Module, x) -> str:
     """A table of the top-level layers: name, output shape, parameter count.
 
+    Initializers are not shown: each layer's docstring names its default (``dense`` LeCun
+    normal, ``conv2d`` He normal), and :func:`~fntrain.nn.mlp` and :func:`~fntrain.nn.cnn`
+    choose by activation unless given ``w_init``.
+
     Args:
       net: the network.
       x: an example input or a ``jax.ShapeDtypeStruct``; nothing is allocated.
