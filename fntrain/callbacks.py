@@ -123,6 +123,12 @@ class Callbacks:
     def on_train_end(self, result) -> None:
         self._call("on_train_end", int(result.summary["steps"]), result)
 
+    def close(self) -> None:
+        """Closes the built-in outputs that hold files open, however the run ended."""
+        for callback, user_name in self.entries:
+            if user_name is None and hasattr(callback, "close"):
+                callback.close()
+
 
 class MetricsFile:
     """Writes each logged line to the run directory's ``metrics.jsonl``."""

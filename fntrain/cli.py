@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fntrain", description="Train JAX networks from YAML configs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck,plot,runs}", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a config", description="Train the network a YAML config describes.")
     train.add_argument("config", help="the YAML config file")
@@ -61,7 +61,43 @@ def _parser() -> argparse.ArgumentParser:
         "do not sit ReLUs exactly on their kink, where finite differences disagree (default 0.01; 0: off)",
     )
     check.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_tools(sub)
     return parser
+
+
+def _add_tools(sub) -> None:
+    """The ``plot`` and ``runs`` commands: they read run directories, not configs."""
+    plot = sub.add_parser(
+        "plot", help="plot learning curves", description="Plot the learning curves of one or more runs as a PNG."
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (a run in progress works too)")
+    plot.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default curves.png)")
+    plot.add_argument("--metrics", default=None, help="comma list of metrics, one panel each (default: all logged)")
+    plot.add_argument("--x", default="step", choices=("step", "epoch"), help="the x axis (default step)")
+    runs = sub.add_parser(
+        "runs", help="list runs and their status", description="One line per run under a folder: status, steps, best metric."
+    )
+    runs.add_argument("folder", nargs="?", default="runs", help="the folder to look in (default runs)")
+    runs.add_argument("--sort", default=None, help="sort by a column: name, status, steps, best, best_step, test, wall_time_s")
+    runs.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
+
+def _plot(args) -> int:
+    from fntrain.plot import plot_runs, save_plot
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    path = save_plot(plot_runs(args.runs, metrics=metrics, x=args.x, warn=warn), args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _runs(args) -> int:
+    from fntrain.runs import format_table, table
+
+    rows = table(args.folder, sort=args.sort)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
 
 
 def _train(args) -> int:
@@ -133,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if a.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
+    if extra and not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     # Let `module.path:function` names in a config find modules in the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -142,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     from fntrain.loop import Interrupted, NonFiniteError
 
     try:
-        return {"train": _train, "eval": _eval, "gradcheck": _gradcheck}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "plot": _plot, "runs": _runs}
+        return commands[args.command](args)
     except (ConfigError, DataError) as e:
         message = str(e)
-        if args.config not in message:  # raised after loading: say which config it concerns
+        config = getattr(args, "config", None)
+        if config is not None and config not in message:  # raised after loading: say which config it concerns
             message = f"{args.config}: {'data: ' if isinstance(e, DataError) else ''}{message}"
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -47,7 +47,10 @@ from fntrain.layer_grads import layer_stats
 from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, process_rows, to_host
 from fntrain.progress import Progress
 from fntrain.rundir import RunDir
+from fntrain.tensorboard import TensorBoard
+from fntrain import tensorboard
 from fntrain.state import TrainState
+from fntrain.status import StatusFile
 from fntrain.step import fused, jit_step, make_step, on_rows, skipping_nonfinite
 from fntrain.window import LogWindow
 
@@ -149,6 +152,7 @@ class _Run:
     checkpointer: Checkpointer
     callbacks: Callbacks
     progress: Progress
+    status: StatusFile
     say: Callable[[str], None]
     train_step: Callable
     eval_step: Callable
@@ -228,9 +232,19 @@ def train(
             clock = _Clock()
             ts = _steps(run, ts, loop, clock, guard)
             return _finish(run, ts, loop, clock)
+        except BaseException as e:
+            run.status.end(_ended_as(e), step=loop.step, message=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            raise
         finally:
-            run.progress.close()
+            run.callbacks.close()
             run.checkpointer.close()
+
+
+def _ended_as(error: BaseException) -> str:
+    """The status a run that raised ``error`` ends with."""
+    if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        return "interrupted"
+    return "diverged" if isinstance(error, NonFiniteError) else "failed"
 
 
 def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_SignalGuard") -> TrainState:
@@ -384,7 +398,20 @@ def _finish(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock) -> TrainR
         run.say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
     result = TrainResult(ts, loop.final, summary, str(run.run_dir.path))
     run.callbacks.on_train_end(result)
+    _say_where(run)
     return result
+
+
+def _say_where(run: _Run) -> None:
+    """The run's last lines: where its curves and TensorBoard logs are (the plot is drawn here)."""
+    path = run.run_dir.path
+    if run.config.log.plot and run.run_dir.writer:
+        from fntrain.plot import plot_runs, save_plot
+
+        save_plot(plot_runs([path], warn=run.say), path / "curves.png")
+        run.say(f"learning curves: {path / 'curves.png'} (fntrain plot {path} [OTHER_RUN ...] to compare)")
+    if any(isinstance(c, TensorBoard) for c, _ in run.callbacks.entries):
+        run.say(f"tensorboard logs: tensorboard --logdir {path / 'tensorboard'}")
 
 
 def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_seconds: float) -> dict:
@@ -399,6 +426,7 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
         "resumed_from_step": run.resumed_from,
         "wall_time_s": time.perf_counter() - clock.start,
         "train_time_s": train_seconds,
+        "status": "finished",
         "examples_per_second": clock.examples / max(train_seconds, 1e-9),
         "steady_examples_per_second": clock.steady_examples / clock.steady_seconds if clock.steady_seconds else None,
         "num_params": nn.count_params(ts.params),
@@ -418,6 +446,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
     exp = build_experiment(config)
     _check_early_stopping_metric(config, exp)
     user = [*callbacks_from_config(config), *user_callbacks]  # before anything is written
+    use_tensorboard = tensorboard.wanted(config.log.tensorboard)
     placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
     pad = exp.loss is not None and _takes_weights(exp.loss)
     _check_divisible(placement, dc, exp.splits.train.num_examples, pad)
@@ -440,6 +469,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
         cadence.total_steps, config.log.progress if main_process else "none", stream, initial=loop.step, batch_size=dc.batch_size
     )
     resident = _resident_train_data(dc, exp.splits.train, placement)
+    status = StatusFile(run_dir)
     run = _Run(
         config=config,
         exp=exp,
@@ -449,8 +479,9 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
         schedule=schedule,
         run_dir=run_dir,
         checkpointer=checkpointer,
-        callbacks=Callbacks([MetricsFile(run_dir), progress], user, active=main_process),
+        callbacks=Callbacks(_outputs(config, exp, run_dir, status, progress, use_tensorboard), user, active=main_process),
         progress=progress,
+        status=status,
         say=say,
         train_step=_compiled_train_step(config, exp.loss_fn, optimizer, placement, state_sharding, resident),
         eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
@@ -464,10 +495,24 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
     return run, ts, loop
 
 
+def _outputs(config: cfg.Config, exp: Experiment, run_dir: RunDir, status: StatusFile, progress: Progress, use_tensorboard: bool) -> list:
+    """The loop's own callbacks: metrics.jsonl first, then the status, TensorBoard and the display."""
+    outputs: list = [MetricsFile(run_dir), status]
+    if use_tensorboard and run_dir.writer:
+        summary = nn.summary(exp.net, _example(exp))
+        outputs.append(TensorBoard(run_dir.path, cfg.dump_config(config), cfg.config_to_dict(config), summary))
+    return outputs + [progress]
+
+
+def _example(exp: Experiment) -> jax.ShapeDtypeStruct:
+    train = exp.splits.train
+    return jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)
+
+
 def _announce(run: _Run, loop: LoopState) -> None:
     """The model summary and the run's one-line description."""
     splits, pc, train = run.exp.splits, run.config.parallel, run.exp.splits.train
-    run.say(nn.summary(run.exp.net, jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)))
+    run.say(nn.summary(run.exp.net, _example(run.exp)))
     run.say(
         f"data: {train.num_examples} train / {splits.val.num_examples if splits.val else 0} val / "
         f"{splits.test.num_examples if splits.test else 0} test examples; "

@@ -552,7 +552,7 @@ def run_a(cli_runs):
 # --------------------------------------------------------------------------- 1. a train run's files
 
 
-RUN_FILES = {"config.yaml", "metrics.jsonl", "params.npz", "summary.json"}
+RUN_FILES = {"config.yaml", "metrics.jsonl", "params.npz", "summary.json", "status.json", "curves.png"}
 
 
 def test_train_writes_the_four_run_files(run_a):
@@ -905,7 +905,8 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
-        "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True},
+        "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True, "tensorboard": False,
+                      "plot": False},
         "CheckpointConfig": {"every_steps": 10, "keep": 2, "keep_best": True, "resume": True},
         "EarlyStoppingConfig": {"metric": "accuracy", "mode": "max", "patience": 3, "min_delta": 0.01,
                                 "restore_best": False},

@@ -59,6 +59,12 @@ class LogConfig(_Section):
     progress: Literal["auto", "bar", "lines", "none"] = Field(
         "auto", description="auto: a progress bar on a terminal, plain lines otherwise."
     )
+    tensorboard: Optional[bool] = Field(
+        None,
+        description="Write TensorBoard event files under `<output_dir>/tensorboard/` (every metrics.jsonl value, "
+        "the config as text and hyperparameters, the model summary); null: when tensorboardX is installed.",
+    )
+    plot: bool = Field(True, description="Write the learning curves to `<output_dir>/curves.png` when the run finishes.")
 
 
 class CheckpointConfig(_Section):
