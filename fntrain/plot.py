@@ -123,7 +123,10 @@ def _panel(ax, runs: dict[str, list[dict]], metric: str, x: str) -> None:
     ax.set_title(metric)
     ax.set_xlabel(x)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_lines():
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
 
 
 def save_plot(fig, path: str | Path) -> Path:
