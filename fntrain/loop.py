@@ -465,12 +465,12 @@ def _set_up(
     main_process = jax.process_index() == 0
     say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
     opening = prepare(config, overwrite=overwrite, resume=resume)
-    checkpointer = None
+    checkpointer, unchanged = None, "the run directory is unchanged" if opening.had_run else "nothing was written"
     try:
-        _stop_if_signalled(guard, "the run directory is unchanged")
+        _stop_if_signalled(guard, unchanged)
         b = _build(config)
         exp, placement, cadence = b.exp, b.placement, b.cadence
-        _stop_if_signalled(guard, "the run directory is unchanged")
+        _stop_if_signalled(guard, unchanged)
         run_dir, checkpointer, restored = open_run(opening, config, b.state, say)
         loop = LoopState() if restored is None else LoopState.from_meta(restored[1])
         ts = b.state if restored is None else restored[0]
@@ -555,6 +555,8 @@ def _announce(run: _Run, loop: LoopState) -> None:
     )
     if run.resumed_from is not None:
         run.say(f"resumed from {run.checkpointer.latest.directory}/{loop.step} (step {loop.step})")
+    for note in run.opening.notes:
+        run.say(note)
     if run.opening.changes:
         run.say(f"config changed on resume: {config_diff.describe(run.opening.changes)} (recorded in {HISTORY})")
 

@@ -48,6 +48,7 @@ class Opening:
       lock: the directory's lock (None on processes other than 0).
       changes: config changes accepted for a resume.
       had_run: the directory already held fntrain's files.
+      notes: lines for the run's log (e.g. a resume without a config.yaml to compare with).
     """
 
     path: Path
@@ -55,6 +56,7 @@ class Opening:
     lock: Optional[RunLock]
     changes: list
     had_run: bool
+    notes: list = dataclasses.field(default_factory=list)
     created: bool = False  # open_run made or replaced the run (an abandoned start then keeps the lock file)
 
     def abandon(self) -> None:
@@ -90,9 +92,14 @@ def prepare(config: cfg.Config, *, overwrite: bool, resume: bool) -> Opening:
     if existing and not rd.is_marked(path):
         raise rd.not_fntrains(path, existing)
     mode = "overwrite" if overwrite else "resume" if resume else "new"
-    changes = _resume_changes(path, config) if mode == "resume" and existing else []
+    notes, changes = [], []
+    if mode == "resume" and existing:
+        changes = _resume_changes(path, config)
+        if changes is None:
+            notes.append(f"{path / rd.CONFIG} is missing: this config could not be compared with the run's")
+            changes = []
     lock = RunLock.acquire(path) if writer else None
-    return Opening(path, mode, lock, changes, had_run=bool(existing))
+    return Opening(path, mode, lock, changes, had_run=bool(existing), notes=notes)
 
 
 def open_run(
@@ -127,15 +134,15 @@ def open_run(
     return run, Checkpointer(path, keep, say=say), None
 
 
-def _resume_changes(path: Path, config: cfg.Config) -> list:
-    """The accepted changes from the run's ``config.yaml`` to ``config``.
+def _resume_changes(path: Path, config: cfg.Config) -> Optional[list]:
+    """The accepted changes from the run's ``config.yaml`` to ``config`` (None: it has none).
 
     Raises:
       ConfigError: a key outside :data:`~fntrain.config_diff.RESUMABLE` changed.
     """
     old = _saved_config(path / rd.CONFIG)
     if old is None:
-        return []
+        return None
     found = config_diff.changes(old, cfg.config_to_dict(config))
     refused = [c for c in found if not config_diff.resumable(c.key)]
     if refused:

@@ -76,9 +76,12 @@ def fntrain_entries(path: Path) -> list[str]:
 
 def is_marked(path: Path) -> bool:
     """Whether fntrain made the run directory ``path``: it holds ``.fntrain/run.json``, or
-    (a run from before the marker) a ``config.yaml`` that is a valid fntrain config."""
+    (a run from before the marker) a ``metrics.jsonl`` beside a ``config.yaml`` that is a
+    valid fntrain config."""
     if (path / MARKER).is_file():
         return True
+    if not (path / METRICS).is_file():
+        return False
     try:
         cfg.load_config(path / CONFIG)
     except ConfigError:
