@@ -133,6 +133,7 @@ class Checkpointer:
             return str(path)
         if step in manager.all_steps():  # an unsealed leftover: write it again
             _delete_step(manager, step)
+            manager.reload()
         args = self._ocp.args.Composite(
             state=self._ocp.args.StandardSave(_to_saveable(ts)), meta=self._ocp.args.JsonSave(meta)
         )
