@@ -81,3 +81,32 @@ class Cadence(NamedTuple):
     def epoch(self, step: int) -> float:
         """Epochs done after ``step`` steps (fractional)."""
         return step / self.steps_per_epoch
+
+
+class CheckpointTimer:
+    """``checkpoint.every_minutes``: a checkpoint once that long has passed since the last one.
+
+    The one decision of the loop that is not a function of the step count, and it changes
+    no result: a checkpoint is only written after a dispatch, and writing one reads the
+    state without touching it, so a run resumed from a timed checkpoint continues exactly
+    as the uninterrupted run would (the dispatches after it are the same, see
+    :func:`fntrain.dispatch.dispatches`).
+
+    Args:
+      every_minutes: the interval; None: never.
+      clock: seconds, monotonic (``time.monotonic``; a test passes its own).
+    """
+
+    def __init__(self, every_minutes: Optional[float], clock=None):
+        import time
+
+        self.interval = None if every_minutes is None else 60.0 * every_minutes
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
+
+    def due(self) -> bool:
+        return self.interval is not None and self.clock() - self.last >= self.interval
+
+    def reset(self) -> None:
+        """Called after every checkpoint, timed or not."""
+        self.last = self.clock()

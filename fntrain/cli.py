@@ -1,17 +1,25 @@
-"""The ``fntrain`` command: ``train``, ``eval``.
+"""The ``fntrain`` command: ``train``, ``eval``, ``gradcheck``.
 
-Exit codes: 0 success; 2 a bad config, override, file or data (one ``error:`` line
-on stderr, no traceback); 3 the loss became NaN/inf (``loop.on_nonfinite: stop``; the
-last good checkpoint is kept); 128 + N stopped by signal N after writing a checkpoint
-(143 for SIGTERM, 130 for SIGINT; resume with ``--resume``).
+Exit codes: 0 success; 2 a bad config, override, file or data, a run directory that is
+in use or not fntrain's, or a file that cannot be written (a full disk, a read-only
+directory: fix the cause, then ``--resume``), each as one ``error:`` line on stderr, no
+traceback; 3 the loss became NaN/inf (``loop.on_nonfinite: stop``; the last good
+checkpoint is kept); 128 + N stopped by signal N (143 for SIGTERM, 130 for SIGINT), after
+writing a checkpoint, or during start-up before the first step; resume with ``--resume``.
+
+``train`` installs its SIGTERM/SIGINT handlers first thing, before JAX is imported, so a
+signal is honoured from the first instant (see :mod:`fntrain.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
+
+from fntrain import signals
 
 EXIT_USAGE = 2
 
@@ -163,6 +171,14 @@ def _load(args):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fntrain`` console script; returns the exit code."""
+    signals.install()  # before anything slow: a signal from now on is a flag train honours
+    try:
+        return _main(argv)
+    finally:
+        signals.uninstall()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     # Overrides may come after options (`train c.yaml --overwrite seed=1`): collect the stragglers.
     args, extra = parser.parse_known_args(argv)
@@ -172,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not hasattr(args, "overrides"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
+    if args.command != "train":
+        signals.uninstall()  # the other commands keep Python's own handling (Ctrl-C interrupts)
     # Let `module.path:function` names in a config find modules in the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     from fntrain.data import DataError
-    from fntrain.errors import ConfigError
+    from fntrain.errors import ConfigError, StorageError
     from fntrain.loop import Interrupted, NonFiniteError
+    from fntrain.storage import describe
 
     try:
         commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "plot": _plot, "runs": _runs}
@@ -185,16 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         message = str(e)
         config = getattr(args, "config", None)
-        if config is not None and config not in message:  # raised after loading: say which config it concerns
+        if config is not None and config not in message and not isinstance(e, StorageError):  # say which config
             message = f"{args.config}: {'data: ' if isinstance(e, DataError) else ''}{message}"
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(message, EXIT_USAGE)
     except (NonFiniteError, Interrupted) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
+    except OSError as e:  # a filesystem failure fntrain did not describe itself
+        return _fail(describe(e, "a file operation failed"), EXIT_USAGE)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> int:
+    """Prints the one ``error:`` line; collects what a failed write left pending (orbax's
+    coroutines would otherwise report their own errors at interpreter shutdown)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    gc.collect()
+    return code
 
 
 if __name__ == "__main__":

@@ -3,3 +3,8 @@
 
 class ConfigError(ValueError):
     """A bad config, override, file or data/model mismatch, described in one line."""
+
+
+class StorageError(ConfigError):
+    """A file of the run could not be written or read (disk full, read-only, permissions),
+    described in one line with what to do; the run resumes once the cause is fixed."""

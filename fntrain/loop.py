@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TextIO
 
 import jax
@@ -33,7 +29,8 @@ from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
-from fntrain.cadence import Cadence
+from fntrain import config_diff, signals
+from fntrain.cadence import Cadence, CheckpointTimer
 from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
 from fntrain.callbacks import from_config as callbacks_from_config
 from fntrain.checkpoint import Checkpointer, param_shapes
@@ -44,9 +41,11 @@ from fntrain.evaluation import evaluate_arrays, make_eval_stats_step
 from fntrain.experiment import Experiment, build_experiment, metric_names
 from fntrain.guards import CompileGuard, check_donation
 from fntrain.layer_grads import layer_stats
+from fntrain.opening import Opening, open_run, prepare
 from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, process_rows, to_host
 from fntrain.progress import Progress
-from fntrain.rundir import RunDir
+from fntrain.rundir import HISTORY, RunDir
+from fntrain.signals import Interrupted
 from fntrain.tensorboard import TensorBoard
 from fntrain import tensorboard
 from fntrain.state import TrainState
@@ -80,14 +79,6 @@ class NonFiniteError(RuntimeError):
     """The loss or gradients became NaN or infinite (``loop.on_nonfinite: stop``)."""
 
     exit_code = EXIT_NONFINITE
-
-
-class Interrupted(RuntimeError):
-    """SIGTERM or SIGINT arrived; a checkpoint of the current step was written first."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 # --------------------------------------------------------------------------- the loop's state
@@ -150,6 +141,8 @@ class _Run:
     schedule: Callable
     run_dir: RunDir
     checkpointer: Checkpointer
+    opening: Opening  # holds the run directory's lock
+    timer: CheckpointTimer
     callbacks: Callbacks
     progress: Progress
     status: StatusFile
@@ -222,22 +215,27 @@ def train(
         that raised (``CallbackError``; the last checkpoint is intact).
       NonFiniteError: the loss diverged (``loop.on_nonfinite: stop``); the last good
         checkpoint is intact.
-      Interrupted: SIGTERM/SIGINT; a checkpoint of the current step was written.
+      Interrupted: SIGTERM/SIGINT; a checkpoint of the current step was written (or, during
+        start-up, the run directory was left as it was).
+      StorageError: a file of the run could not be written (a full disk, say); the run
+        resumes with ``resume=True`` once the cause is fixed.
     """
     resume = config.checkpoint.resume if resume is None else resume
-    with _SignalGuard() as guard:
-        run, ts, loop = _set_up(config, overwrite, resume, stream or sys.stdout, callbacks)
+    with signals.guard() as guard:
+        guard.starting = True
+        run, ts, loop = _set_up(config, overwrite, resume, stream or sys.stdout, callbacks, guard)
         try:
+            _stop_if_signalled(guard, f"the run is unchanged at step {loop.step}" if loop.step else "no step was trained")
             run.callbacks.on_train_start(_run_info(run, loop))
+            guard.starting = False
             clock = _Clock()
             ts = _steps(run, ts, loop, clock, guard)
             return _finish(run, ts, loop, clock)
         except BaseException as e:
-            run.status.end(_ended_as(e), step=loop.step, message=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            run.status.end(_ended_as(e), step=loop.step, message=_first_line(e))
             raise
         finally:
-            run.callbacks.close()
-            run.checkpointer.close()
+            _close(run)
 
 
 def _ended_as(error: BaseException) -> str:
@@ -247,7 +245,33 @@ def _ended_as(error: BaseException) -> str:
     return "diverged" if isinstance(error, NonFiniteError) else "failed"
 
 
-def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_SignalGuard") -> TrainState:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _close(run: "_Run") -> None:
+    """Closes the outputs and the checkpointer and releases the lock; an error on the way
+    out never hides the one that ended the run."""
+    for close in (run.callbacks.close, run.progress.close, run.checkpointer.close, run.opening.release):
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _stop_if_signalled(guard: signals.SignalGuard, state: str) -> None:
+    """Honours a signal that arrived during start-up: the run directory is consistent
+    (``state`` says how), so stop before the first step."""
+    if guard.received is not None:
+        raise Interrupted(
+            f"stopped by {guard.name()} during start-up, before the first step; {state}; "
+            "continue with: fntrain train CONFIG --resume",
+            guard.received,
+        )
+
+
+def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: signals.SignalGuard) -> TrainState:
     """Dispatches until the end of the run, early stopping or a signal, handling each event."""
     k = run.config.loop.steps_per_dispatch
     put = None if run.resident is not None else lambda b: run.placement.global_batch(_rows_of_process(b, k > 1))
@@ -279,12 +303,11 @@ def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_S
             started = time.perf_counter()
             _evaluate_val(run, ts, loop)
             clock.exclude(time.perf_counter() - started)
-        if events.checkpoint or loop.stopped_early or guard.received:
+        if events.checkpoint or loop.stopped_early or guard.received or _timed_checkpoint(run, loop, events):
             _checkpoint(run, ts, loop)
         if guard.received:
-            name = signal.Signals(guard.received).name
             raise Interrupted(
-                f"stopped by {name} at step {loop.step}; checkpoint written to "
+                f"stopped by {guard.name()} at step {loop.step}; checkpoint written to "
                 f"{run.checkpointer.latest.directory}/{loop.step}; continue with: fntrain train CONFIG --resume",
                 guard.received,
             )
@@ -294,6 +317,26 @@ def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: "_S
 
 
 # --------------------------------------------------------------------------- events
+
+
+def _timed_checkpoint(run: _Run, loop: LoopState, events) -> bool:
+    """Whether ``checkpoint.every_minutes`` asks for a checkpoint after this dispatch.
+
+    Every process must agree, so with several processes the time is read on process 0
+    and broadcast, at log steps only. A window with a non-finite update (``on_nonfinite:
+    stop``) is left to its log line, which stops the run as it would without the timer.
+    """
+    if run.timer.interval is None:
+        return False
+    if jax.process_count() > 1:
+        if not events.log:
+            return False
+        from jax.experimental import multihost_utils
+
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(run.timer.due())))
+    else:
+        due = run.timer.due()
+    return due and not (run.config.loop.on_nonfinite == "stop" and loop.window.nonfinite())
 
 
 def _check_finite(run: _Run, loop: LoopState) -> None:
@@ -368,6 +411,8 @@ def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> None:
 def _checkpoint(run: _Run, ts: TrainState, loop: LoopState, *, best: bool = False) -> None:
     _check_finite(run, loop)
     path = run.checkpointer.save(ts, loop.to_meta(ts.params), best=best)
+    if not best:
+        run.timer.reset()
     run.callbacks.on_checkpoint(loop.step, path)
 
 
@@ -414,6 +459,8 @@ def _say_where(run: _Run) -> None:
         run.say(f"tensorboard logs: tensorboard --logdir {path / 'tensorboard'}")
 
 
+
+
 def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_seconds: float) -> dict:
     early = loop.early
     return {
@@ -438,14 +485,92 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
 # --------------------------------------------------------------------------- set-up
 
 
-def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, user_callbacks: Sequence[Any]):
-    """Builds everything the steps need; returns ``(run, train_state, loop_state)``."""
-    pc, dc = config.parallel, config.data
+def _set_up(
+    config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, user_callbacks: Sequence[Any],
+    guard: signals.SignalGuard,
+):
+    """Builds everything the steps need; returns ``(run, train_state, loop_state)``.
+
+    The run directory is checked and locked first, so a refused start is quick and
+    changes nothing; a signal during start-up stops it between stages. A failure
+    releases the lock (and removes the directory if it wrote nothing there).
+    """
+    pc = config.parallel
     if pc.distributed:
         initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
+    main_process = jax.process_index() == 0
+    say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
+    opening = prepare(config, overwrite=overwrite, resume=resume)
+    checkpointer, unchanged = None, "the run directory is unchanged" if opening.had_run else "nothing was written"
+    try:
+        _stop_if_signalled(guard, unchanged)
+        b = _build(config, user_callbacks)
+        exp, placement, cadence = b.exp, b.placement, b.cadence
+        _stop_if_signalled(guard, unchanged)
+        run_dir, checkpointer, restored = open_run(opening, config, b.state, say)
+        loop = LoopState() if restored is None else LoopState.from_meta(restored[1])
+        ts = b.state if restored is None else restored[0]
+        dc = config.data
+        progress = Progress(
+            cadence.total_steps, config.log.progress if main_process else "none", stream, initial=loop.step,
+            batch_size=dc.batch_size,
+        )
+        resident = _resident_train_data(dc, exp.splits.train, placement)
+        status = StatusFile(run_dir)
+        run = _Run(
+            config=config,
+            exp=exp,
+            placement=placement,
+            cadence=cadence,
+            iterator=data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=loop.data_position, **b.iterator_args),
+            schedule=b.schedule,
+            run_dir=run_dir,
+            checkpointer=checkpointer,
+            opening=opening,
+            timer=CheckpointTimer(config.checkpoint.every_minutes),
+            callbacks=Callbacks(_outputs(config, exp, run_dir, status, progress, b.use_tensorboard), b.user, active=main_process),
+            progress=progress,
+            status=status,
+            say=say,
+            train_step=_compiled_train_step(config, exp.loss_fn, b.optimizer, placement, b.state_sharding, resident),
+            eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
+            resident=resident,
+            pad=b.pad,
+            # Backprop made visible, computed only at log steps, so the train step is untouched.
+            stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
+            resumed_from=loop.step if restored is not None else None,
+        )
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        opening.abandon()
+        raise
+    _announce(run, loop)
+    return run, ts, loop
+
+
+class _Built(NamedTuple):
+    """What the set-up builds from the config before it opens the run directory."""
+
+    exp: Experiment
+    placement: Placement
+    pad: bool
+    cadence: Cadence
+    iterator_args: dict
+    optimizer: Any
+    schedule: Callable
+    state: TrainState  # the initial one, on the devices
+    state_sharding: Any
+    user: list  # the user's callbacks, the config's first
+    use_tensorboard: bool
+
+
+def _build(config: cfg.Config, user_callbacks: Sequence[Any]) -> _Built:
+    """The experiment, its placement, the cadence, the optimizer and the initial train state."""
+    pc, dc = config.parallel, config.data
     exp = build_experiment(config)
     _check_early_stopping_metric(config, exp)
-    user = [*callbacks_from_config(config), *user_callbacks]  # before anything is written
+    user = [*callbacks_from_config(config), *user_callbacks]
     use_tensorboard = tensorboard.wanted(config.log.tensorboard)
     placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
     pad = exp.loss is not None and _takes_weights(exp.loss)
@@ -457,42 +582,7 @@ def _set_up(config: cfg.Config, overwrite: bool, resume: bool, stream: TextIO, u
     ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
     state_sharding = placement.state_shardings(ts)
     ts = placement.put_state(ts, state_sharding)
-
-    run_dir, checkpointer, restored = _open_run(config, ts, overwrite=overwrite, resume=resume)
-    loop = LoopState() if restored is None else LoopState.from_meta(restored[1])
-    if restored is not None:
-        ts = restored[0]
-        run_dir.truncate_metrics(loop.step)
-    main_process = jax.process_index() == 0
-    say = (lambda line: print(line, file=stream, flush=True)) if main_process else (lambda line: None)
-    progress = Progress(
-        cadence.total_steps, config.log.progress if main_process else "none", stream, initial=loop.step, batch_size=dc.batch_size
-    )
-    resident = _resident_train_data(dc, exp.splits.train, placement)
-    status = StatusFile(run_dir)
-    run = _Run(
-        config=config,
-        exp=exp,
-        placement=placement,
-        cadence=cadence,
-        iterator=data_lib.BatchIterator(exp.splits.train, dc.batch_size, state=loop.data_position, **iterator_args),
-        schedule=schedule,
-        run_dir=run_dir,
-        checkpointer=checkpointer,
-        callbacks=Callbacks(_outputs(config, exp, run_dir, status, progress, use_tensorboard), user, active=main_process),
-        progress=progress,
-        status=status,
-        say=say,
-        train_step=_compiled_train_step(config, exp.loss_fn, optimizer, placement, state_sharding, resident),
-        eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
-        resident=resident,
-        pad=pad,
-        # Backprop made visible, computed only at log steps, so the train step is untouched.
-        stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
-        resumed_from=loop.step if restored is not None else None,
-    )
-    _announce(run, loop)
-    return run, ts, loop
+    return _Built(exp, placement, pad, cadence, iterator_args, optimizer, schedule, ts, state_sharding, user, use_tensorboard)
 
 
 def _outputs(config: cfg.Config, exp: Experiment, run_dir: RunDir, status: StatusFile, progress: Progress, use_tensorboard: bool) -> list:
@@ -509,10 +599,12 @@ def _example(exp: Experiment) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)
 
 
+
+
 def _announce(run: _Run, loop: LoopState) -> None:
     """The model summary and the run's one-line description."""
     splits, pc, train = run.exp.splits, run.config.parallel, run.exp.splits.train
-    run.say(nn.summary(run.exp.net, _example(run.exp)))
+    run.say(nn.summary(run.exp.net, jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)))
     run.say(
         f"data: {train.num_examples} train / {splits.val.num_examples if splits.val else 0} val / "
         f"{splits.test.num_examples if splits.test else 0} test examples; "
@@ -521,6 +613,10 @@ def _announce(run: _Run, loop: LoopState) -> None:
     )
     if run.resumed_from is not None:
         run.say(f"resumed from {run.checkpointer.latest.directory}/{loop.step} (step {loop.step})")
+    for note in run.opening.notes:
+        run.say(note)
+    if run.opening.changes:
+        run.say(f"config changed on resume: {config_diff.describe(run.opening.changes)} (recorded in {HISTORY})")
 
 
 def _run_info(run: _Run, loop: LoopState) -> RunInfo:
@@ -626,47 +722,3 @@ def _check_divisible(placement: Placement, dc, num_train: int, pad: bool) -> Non
             f"over {placement.num_devices} devices; set data.drop_last=true or a data.batch_size that divides {num_train}, "
             "or use a loss that takes weights= (every built-in loss does), whose batches are padded"
         )
-
-
-def _open_run(config: cfg.Config, ts: TrainState, *, overwrite: bool, resume: bool):
-    """Creates the run directory, or reopens it and restores the latest checkpoint when resuming."""
-    path = Path(config.output_dir)
-    if resume and not overwrite and (path / "checkpoints").exists():
-        checkpointer = Checkpointer(path, config.checkpoint.keep)
-        restored = checkpointer.restore_latest(ts)
-        if restored is not None:
-            return RunDir.reopen(path, config), checkpointer, restored
-        checkpointer.close()
-    run = RunDir.create(path, config, overwrite=overwrite, resume_hint=not resume)
-    return run, Checkpointer(path, config.checkpoint.keep), None
-
-
-class _SignalGuard:
-    """Turns the first SIGTERM/SIGINT into a flag the loop checks after each step; a second exits at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: Optional[int] = None
-        self.previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            print(f"\nsecond {signal.Signals(signum).name}: exiting now, without a checkpoint", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.received = signum
-        print(
-            f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-            "(send it again to exit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)

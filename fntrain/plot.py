@@ -135,11 +135,12 @@ def save_plot(fig, path: str | Path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from fntrain.rundir import atomic_write
+    from fntrain.storage import atomic_write, storage_errors
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     path = Path(path)
-    atomic_write(path, buffer.getvalue())
+    with storage_errors(f"cannot write {path}"):
+        atomic_write(path, buffer.getvalue())
     return path

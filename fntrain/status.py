@@ -21,9 +21,10 @@ STATUSES = ("running", "finished", "interrupted", "failed", "diverged")
 
 
 def _write(path: Path, record: dict) -> None:
-    from fntrain.rundir import atomic_write
+    from fntrain.storage import atomic_write, storage_errors
 
-    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+    with storage_errors(f"cannot write {path}"):
+        atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 class StatusFile:

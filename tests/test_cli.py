@@ -907,7 +907,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
         "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True, "tensorboard": False,
                       "plot": False},
-        "CheckpointConfig": {"every_steps": 10, "keep": 2, "keep_best": True, "resume": True},
+        "CheckpointConfig": {"every_steps": 10, "every_minutes": 0.5, "keep": 2, "keep_best": True, "resume": True},
         "EarlyStoppingConfig": {"metric": "accuracy", "mode": "max", "patience": 3, "min_delta": 0.01,
                                 "restore_best": False},
         "ParallelConfig": {"mode": "fsdp", "num_devices": 2, "distributed": True, "coordinator_address": "10.0.0.1:1234",

@@ -74,8 +74,15 @@ def test_resume_from_a_checkpoint_between_log_lines(tmp_path, kind):
 
 def test_incompatible_checkpoint_names_the_parameter(tmp_path):
     train(tmp_path, ["loop.kind=steps", "loop.num_steps=15", "optimizer.schedule={name: constant}"])
+    changed = ["loop.kind=steps", "loop.num_steps=30", "model.hidden_sizes=[48]", "optimizer.schedule={name: constant}"]
+    # The run's config.yaml says first what changed ...
+    with pytest.raises(ft.ConfigError, match=r"changed config: model.hidden_sizes \[32\] -> \[48\];"):
+        train(tmp_path, changed, resume=True)
+    # ... and where it was edited to match, the checkpoint itself names the parameter.
+    config = ft.load_config(DIGITS, BASE + [f"output_dir={tmp_path}", *changed])
+    (tmp_path / "config.yaml").write_text(ft.config.dump_config(config))
     with pytest.raises(ft.ConfigError, match=r"parameter .dense_1/b. has shape \(32,\) but .* expects \(48,\)"):
-        train(tmp_path, ["loop.kind=steps", "loop.num_steps=30", "model.hidden_sizes=[48]", "optimizer.schedule={name: constant}"], resume=True)
+        train(tmp_path, changed, resume=True)
 
 
 def test_damaged_checkpoint_is_skipped_with_a_warning(tmp_path):
@@ -89,9 +96,13 @@ def test_damaged_checkpoint_is_skipped_with_a_warning(tmp_path):
         if f.is_file() and f.stat().st_size > 0 and "meta" not in f.parts:
             f.write_bytes(b"\0" * 7)
     (ckpts / "55.orbax-checkpoint-tmp-1234").mkdir()
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint .*45"):
-        result = train(tmp_path / "run", loop, resume=True)
+    config = ft.load_config(DIGITS, BASE + [f"output_dir={tmp_path / 'run'}", *loop])
+    stream = io.StringIO()
+    result = ft.train(config, resume=True, stream=stream)
     assert result.summary["resumed_from_step"] == 30
+    lines = stream.getvalue().splitlines()
+    assert [l for l in lines if l.startswith("warning: checkpoint") and l.split()[2].endswith("checkpoints/45")], lines
+    assert any("55.orbax-checkpoint-tmp-1234" in l and l.startswith("removed the incomplete") for l in lines), lines
     assert_same_run(tmp_path / "whole", tmp_path / "run")
 
 
@@ -206,25 +217,36 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_exactly(tmp_pa
     assert_same_run(uninterrupted, out)
 
 
-def test_repeated_sigkill_always_resumes_and_matches(tmp_path, uninterrupted):
-    out = tmp_path / "run"
+WORKER = str(ROOT / "tests/fault_worker.py")
+PHASES = ("save", "rename", "seal", "prune")  # the moments of a checkpoint write, see fault_worker.py
+
+
+def test_sigkill_at_ten_random_moments_always_resumes_and_matches(tmp_path, uninterrupted):
+    """Ten SIGKILLs, seeded: the first as the first checkpoint begins (nothing to resume
+    from), then each moment of a checkpoint write twice (tensors written but not renamed,
+    renamed but not sealed, an old one half-deleted, a write just begun), and random times.
+    Each --resume cleans up, continues, and the run ends bit-identical."""
+    out, flag = tmp_path / "run", tmp_path / "paused"
     rng = random.Random(0)
-    kills = 0
-    for attempt in range(12):
-        args = cli(out, "--resume")
-        proc = subprocess.Popen(args, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < 3:
-            wait_for_training(proc, out)
-            time.sleep(rng.uniform(0.0, 1.5))
-            if proc.poll() is None:
-                proc.kill()
-                kills += 1
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-    assert kills == 3 and proc.returncode == 0
+    plan = [("save", 1)] + rng.sample([(p, rng.randint(1, 3)) for p in PHASES * 2] + [("time", 0)], 9)
+    for phase, nth in plan:
+        flag.unlink(missing_ok=True)
+        env = {**CLI_ENV, "FNTRAIN_TEST_PAUSE": f"{phase}:{nth}" if phase != "time" else "", "FNTRAIN_TEST_FLAG": str(flag)}
+        args = [sys.executable, WORKER, *cli(out, "--resume")[3:]]
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        if phase == "time":
+            time.sleep(rng.uniform(2.0, 6.0))
+        while phase != "time" and not flag.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"{phase}:{nth}: {proc.communicate()[1]}"
+        proc.kill()
+        proc.communicate()
+    done = subprocess.run([sys.executable, WORKER, *cli(out, "--resume")[3:]], env=CLI_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert_same_run(uninterrupted, out)
+    leftovers = [p for p in (out / "checkpoints").iterdir() if not (p / "fntrain_checksums.json").is_file()]
+    assert not leftovers, leftovers
 
 
 def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):

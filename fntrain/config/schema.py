@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
 from fntrain import registry
-from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveInt, _Custom, _Section
+from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Custom, _Section
 from fntrain.config.data import DataConfig
 from fntrain.config.loss import LossConfig, SoftmaxCrossEntropyLoss
 from fntrain.config.model import ModelConfig
@@ -71,11 +71,20 @@ class CheckpointConfig(_Section):
     every_steps: Optional[PositiveInt] = Field(
         1000, description="Checkpoint every N steps (also at the end, on early stop and on SIGTERM/SIGINT); null: only then."
     )
-    keep: PositiveInt = Field(3, description="How many of the latest checkpoints to keep.")
+    every_minutes: Optional[PositiveFloat] = Field(
+        10.0,
+        description="Also checkpoint when N minutes have passed since the last checkpoint (after the dispatch "
+        "that crosses it; results are unchanged), so a crash loses minutes, not hours; null: off.",
+    )
+    keep: PositiveInt = Field(3, description="How many of the latest complete checkpoints to keep.")
     keep_best: bool = Field(
         False, description="Also keep the checkpoint with the best validation `early_stopping.metric` (on when patience is set)."
     )
-    resume: bool = Field(False, description="Resume from the latest checkpoint in output_dir if there is one (like --resume).")
+    resume: bool = Field(
+        False,
+        description="Resume from the latest complete checkpoint in output_dir, or start afresh there if it has "
+        "none (like --resume).",
+    )
 
 
 class EarlyStoppingConfig(_Section):
