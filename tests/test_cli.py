@@ -854,7 +854,9 @@ SECTION_CLASSES = {
 
 _DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "batch_size": 16,
                 "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False}
-_OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>"}
+_OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>",
+                     "accumulate_steps": 2, "groups": ["<ParamGroupConfig>"], "reduce_on_plateau": "<PlateauConfig>",
+                     "ema_decay": 0.99, "ema_warmup": True, "ema_eval": "raw"}
 
 
 def non_default_sections(files: Path) -> dict[str, dict]:
@@ -894,6 +896,13 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "LinearSchedule": {"name": "linear", "decay_steps": 100, "end_value": 1e-5},
         "PiecewiseSchedule": {"name": "piecewise", "boundaries": [10, 20], "scales": [0.5, 0.1]},
         "ExponentialSchedule": {"name": "exponential", "decay_rate": 0.9, "transition_steps": 50, "end_value": 1e-5},
+        "WarmupConstantSchedule": {"name": "warmup_constant", "warmup_steps": 5},
+        "WarmupStableDecaySchedule": {"name": "warmup_stable_decay", "warmup_steps": 5, "decay_steps": 50,
+                                      "decay_fraction": 0.5, "decay_shape": "sqrt", "end_value": 1e-5},
+        # weight_decay 0.0 (not null) so that adam accepts the group too.
+        "ParamGroupConfig": {"match": "^dense_1/", "learning_rate_scale": 0.5, "weight_decay": 0.0, "frozen": False},
+        "PlateauConfig": {"metric": "accuracy", "mode": "max", "factor": 0.5, "patience": 3, "rtol": 0.01,
+                          "atol": 0.001, "cooldown": 2, "min_scale": 0.01},
         "SgdOptimizer": {"name": "sgd", **_OPTIMIZER_COMMON},
         "MomentumOptimizer": {"name": "momentum", **_OPTIMIZER_COMMON, "momentum": 0.5},
         "NesterovOptimizer": {"name": "nesterov", **_OPTIMIZER_COMMON, "momentum": 0.5},
@@ -901,6 +910,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "AdamOptimizer": {"name": "adam", **_OPTIMIZER_COMMON, "weight_decay": 0.0, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "AdamwOptimizer": {"name": "adamw", **_OPTIMIZER_COMMON, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "RmspropOptimizer": {"name": "rmsprop", **_OPTIMIZER_COMMON, "decay": 0.8, "eps": 1e-6, "momentum": 0.5},
+        "OptaxOptimizer": {"name": "optax:lion", **_OPTIMIZER_COMMON, "kwargs": {"b1": 0.8}},
         "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}}},
         "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
@@ -920,7 +930,8 @@ def non_default_sections(files: Path) -> dict[str, dict]:
 
 
 # Fields whose only valid value is their default, so the table cannot set them otherwise.
-DEFAULT_ONLY = {("AdamOptimizer", "weight_decay")}
+# frozen: true excludes the group's other keys (tests/test_optim.py covers frozen groups).
+DEFAULT_ONLY = {("AdamOptimizer", "weight_decay"), ("ParamGroupConfig", "frozen")}
 # An objective excludes a loss section and metrics, so full_config leaves it out and
 # test_every_field_of_the_objective_is_accepted covers it.
 NOT_IN_FULL_CONFIG = {"objective"}
@@ -931,9 +942,10 @@ DATA_CLASSES = (
 )
 MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
-OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer")
+OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer",
+                     "OptaxOptimizer")
 SCHEDULE_CLASSES = ("ConstantSchedule", "CosineSchedule", "WarmupCosineSchedule", "LinearSchedule", "PiecewiseSchedule",
-                    "ExponentialSchedule")
+                    "ExponentialSchedule", "WarmupConstantSchedule", "WarmupStableDecaySchedule")
 
 
 def full_config(files: Path, data: str, model: str, loss: str = "CustomLoss", optimizer: str = "AdamwOptimizer",
@@ -975,6 +987,10 @@ def assert_section_holds(section: BaseModel, values: dict, where: str) -> None:
             assert section.kwargs_dict == value, f"{where}.{name}"
         elif isinstance(value, dict):
             assert_section_holds(got, value, f"{where}.{name}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):  # a list of sections
+            assert len(got) == len(value), f"{where}.{name}"
+            for i, (section_i, values_i) in enumerate(zip(got, value)):
+                assert_section_holds(section_i, values_i, f"{where}.{name}[{i}]")
         elif isinstance(value, list):
             assert got == tuple(value), f"{where}.{name}"
         else:
@@ -1121,12 +1137,18 @@ MINIMAL_SECTIONS = {
     "LinearSchedule": ("optimizer.schedule", {"name": "linear"}),
     "PiecewiseSchedule": ("optimizer.schedule", {"name": "piecewise"}),
     "ExponentialSchedule": ("optimizer.schedule", {"name": "exponential"}),
-    "SgdOptimizer": ("optimizer", {"name": "sgd"}),
-    "MomentumOptimizer": ("optimizer", {"name": "momentum"}),
-    "NesterovOptimizer": ("optimizer", {"name": "nesterov"}),
-    "AdamOptimizer": ("optimizer", {"name": "adam"}),
-    "AdamwOptimizer": ("optimizer", {"name": "adamw"}),
-    "RmspropOptimizer": ("optimizer", {"name": "rmsprop"}),
+    # ema_decay: so that ema_eval may be "ema".
+    "SgdOptimizer": ("optimizer", {"name": "sgd", "ema_decay": 0.9}),
+    "MomentumOptimizer": ("optimizer", {"name": "momentum", "ema_decay": 0.9}),
+    "NesterovOptimizer": ("optimizer", {"name": "nesterov", "ema_decay": 0.9}),
+    "AdamOptimizer": ("optimizer", {"name": "adam", "ema_decay": 0.9}),
+    "AdamwOptimizer": ("optimizer", {"name": "adamw", "ema_decay": 0.9}),
+    "RmspropOptimizer": ("optimizer", {"name": "rmsprop", "ema_decay": 0.9}),
+    "OptaxOptimizer": ("optimizer", {"name": "optax:lion", "ema_decay": 0.9}),
+    "WarmupConstantSchedule": ("optimizer.schedule", {"name": "warmup_constant"}),
+    "WarmupStableDecaySchedule": ("optimizer.schedule", {"name": "warmup_stable_decay"}),
+    "ParamGroupConfig": ("optimizer.groups", {"match": "x"}),  # no Literal fields: never set
+    "PlateauConfig": ("optimizer.reduce_on_plateau", {}),
     "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
     "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
@@ -1185,6 +1207,14 @@ _HALF_COSINE = 0.5 * (1 + math.cos(math.pi / 2))  # 0.5: halfway through a cosin
                      {0: LR, 10: LR / 2, 20: LR / 4}, id="exponential"),
         pytest.param({"name": "exponential", "transition_steps": 10, "decay_rate": 0.5, "end_value": 0.02},
                      {10: LR / 2, 30: 0.02, 90: 0.02}, id="exponential-floor"),
+        pytest.param({"name": "warmup_constant", "warmup_steps": 10}, {0: 0.0, 5: LR / 2, 10: LR, 99: LR},
+                     id="warmup_constant"),
+        pytest.param({"name": "warmup_stable_decay", "warmup_steps": 10, "decay_steps": 20, "end_value": 0.01},
+                     {0: 0.0, 5: LR / 2, 10: LR, 80: LR, 90: 0.01 + (LR - 0.01) / 2, 100: 0.01}, id="wsd-linear"),
+        pytest.param({"name": "warmup_stable_decay", "decay_steps": 20, "decay_shape": "cosine", "end_value": 0.01},
+                     {0: LR, 80: LR, 90: 0.01 + (LR - 0.01) * _HALF_COSINE, 100: 0.01}, id="wsd-cosine"),
+        pytest.param({"name": "warmup_stable_decay", "decay_fraction": 0.5, "decay_shape": "sqrt"},
+                     {0: LR, 50: LR, 75: LR * (1 - math.sqrt(0.5)), 100: 0.0}, id="wsd-sqrt-fraction"),
     ],
 )
 def test_every_schedule_variant_is_accepted_and_means_what_it_says(schedule, expected):

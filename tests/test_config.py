@@ -116,6 +116,9 @@ def test_warmup_longer_than_training_is_a_config_error():
     c = optimizer_section({"schedule": {"name": "warmup_cosine", "warmup_steps": 500}})
     with pytest.raises(ft.ConfigError, match="warmup_steps"):
         builders.build_schedule(c, 100)
+    c = optimizer_section({"schedule": {"name": "warmup_stable_decay", "warmup_steps": 60, "decay_steps": 50}})
+    with pytest.raises(ft.ConfigError, match=r"warmup_steps \(60\) and the decay \(50 steps\) do not fit in the run's 100"):
+        builders.build_schedule(c, 100)
 
 
 def one_update(overrides, grads, params):
@@ -186,7 +189,8 @@ def test_a_key_of_another_variant_is_an_error_naming_it(sections, key, variant, 
 def test_switching_a_variant_by_override_says_to_replace_the_whole_section():
     path = ROOT / "configs/digits_mlp.yaml"  # schedule: {name: warmup_cosine, warmup_steps: 50}
     with pytest.raises(ft.ConfigError, match=r"optimizer\.schedule\.warmup_steps: schedule 'constant' takes no "
-                       r"'warmup_steps' \(warmup_cosine has it\).* e\.g\. optimizer\.schedule=\{name: constant\}$"):
+                       r"'warmup_steps' \(warmup_cosine, warmup_constant and warmup_stable_decay have it\).* "
+                       r"e\.g\. optimizer\.schedule=\{name: constant\}$"):
         load_config(path, ["optimizer.schedule.name=constant"])
     # What the message suggests works.
     config = load_config(path, ["optimizer.schedule={name: constant}"])
@@ -199,7 +203,7 @@ def test_switching_a_variant_by_override_says_to_replace_the_whole_section():
 
 def test_a_misspelt_key_is_suggested_from_every_variant():
     with pytest.raises(ft.ConfigError, match=r"optimizer\.schedule\.warmup: unknown key; did you mean 'warmup_steps' "
-                       r"\(a key of schedule warmup_cosine\)\?"):
+                       r"\(a key of schedule warmup_stable_decay\)\?"):
         validate(raw_with(optimizer={"schedule": {"warmup": 5}}), "v.yaml")
 
 
