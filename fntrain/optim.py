@@ -213,9 +213,10 @@ def make_plateau_observer(
         where = [i for i, leaf in enumerate(leaves) if _is_plateau(leaf)]
         if not where:
             return opt_state
-        new = step([leaves[i] for i in where], jnp.asarray(value, jnp.float32))
-        for i, state in zip(where, new):
-            leaves[i] = state
+        old = [leaves[i] for i in where]
+        new = step(old, jnp.asarray(value, jnp.float32))
+        for i, state, before in zip(where, new, old):  # placed where the old state was (the step's shardings)
+            leaves[i] = jax.tree.map(lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n, state, before)
         return jax.tree.unflatten(treedef, leaves)
 
     return observe

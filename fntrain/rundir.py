@@ -117,7 +117,7 @@ class RunDir:
         return run
 
     def truncate_metrics(self, step: int) -> None:
-        """Drops lines a resumed run will write again: those past ``step``, and the final test line."""
+        """Drops lines a resumed run will write again: those past ``step``, and the final test lines."""
         path = self.path / METRICS
         if not self.writer or not path.exists():
             return
@@ -127,7 +127,7 @@ class RunDir:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            if record["step"] <= step and record["split"] != "test":
+            if record["step"] <= step and record["split"] not in ("test", "test_ema"):
                 kept.append(line)
         atomic_write(path, "".join(kept).encode())
 
