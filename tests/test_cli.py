@@ -889,12 +889,19 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                     "target_dtype": "float", "header": True, "delimiter": ";"},
         "CharLMData": {"name": "charlm", "val_fraction": 0.2, "batch_size": 16, "eval_batch_size": 32, "shuffle": False,
                        "drop_last": True, "on_device": False, "seq_len": 16, "stride": 8, "max_chars": 4000},
+        "SequenceOrderData": {"name": "sequence_order", **_DATA_COMMON, "num_examples": 120, "seq_len": 8,
+                              "target": "gap"},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
                        "kwargs": {"num_examples": 120, "num_features": 5}},
         "MlpModel": {"name": "mlp", "hidden_sizes": [16, 8], "num_outputs": 4, "activation": "gelu",
                      "dropout_rate": 0.1, "norm": "layer"},
-        "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": 5, "pool": "avg", "hidden_sizes": [8],
-                     "num_outputs": 10, "activation": "tanh", "dropout_rate": 0.2, "norm": "batch"},
+        "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": [5, 3], "strides": [1, 2], "pool": "avg",
+                     "pool_size": [2, 1], "hidden_sizes": [8], "num_outputs": 10, "activation": "tanh",
+                     "dropout_rate": 0.2, "norm": "batch"},
+        "Cnn1dModel": {"name": "cnn1d", "channels": [4], "kernel_size": 3, "strides": 2, "pool": "avg", "pool_size": 3,
+                       "hidden_sizes": [8], "num_outputs": 10, "activation": "tanh", "dropout_rate": 0.2, "norm": "batch"},
+        "RnnModel": {"name": "rnn", "cell": "lstm", "hidden_size": 8, "num_layers": 2, "num_outputs": 10,
+                     "dropout_rate": 0.1},
         "ResnetModel": {"name": "resnet", "stage_sizes": [1, 1, 1], "num_filters": 8, "num_outputs": 10},
         "TransformerLmModel": {"name": "transformer_lm", "vocab_size": 120, "seq_len": 64, "d_model": 32,
                                "num_layers": 3, "num_heads": 2, "mlp_dim": 64, "dropout_rate": 0.1,
@@ -953,9 +960,10 @@ NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
-    "DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CharLMData", "CustomData"
+    "DigitsData", "ClassificationData", "RegressionData", "SequenceOrderData", "NpzData", "IdxData", "CsvData", "CharLMData",
+    "CustomData",
 )
-MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
+MODEL_CLASSES = ("MlpModel", "CnnModel", "Cnn1dModel", "RnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
 OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer",
                      "OptaxOptimizer")
@@ -1137,6 +1145,9 @@ MINIMAL_SECTIONS = {
     "CustomData": ("data", {"name": "fntrain.data:make_classification"}),
     "MlpModel": ("model", {"name": "mlp"}),
     "CnnModel": ("model", {"name": "cnn"}),
+    "Cnn1dModel": ("model", {"name": "cnn1d"}),
+    "RnnModel": ("model", {"name": "rnn"}),
+    "SequenceOrderData": ("data", {"name": "sequence_order"}),
     "ResnetModel": ("model", {"name": "resnet"}),
     "TransformerLmModel": ("model", {"name": "transformer_lm"}),
     "CharLMData": ("data", {"name": "charlm"}),

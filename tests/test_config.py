@@ -61,7 +61,7 @@ def test_readme_config_reference_is_up_to_date():
 def test_every_shipped_config_loads_and_trains_two_steps(path, tmp_path):
     overrides = [f"output_dir={tmp_path}", "loop.kind=steps", "loop.num_steps=2", "log.progress=none"]
     schedule = ((yaml.safe_load(path.read_text()).get("optimizer") or {}).get("schedule") or {}).get("name")
-    if schedule == "warmup_cosine":  # a warm-up must end within the two steps
+    if schedule in ("warmup_cosine", "warmup_constant", "warmup_stable_decay"):  # a warm-up must end within the two steps
         overrides.append("optimizer.schedule.warmup_steps=0")
     config = load_config(path, overrides)
     # The resolved config round-trips through its YAML dump.
