@@ -180,6 +180,13 @@ def _is_plateau(x) -> bool:
     return isinstance(x, ReduceLROnPlateauState)
 
 
+def _placed_like(new, old):
+    """``new`` on ``old``'s devices and sharding (traced values, under vmap or jit, stay as they are)."""
+    if isinstance(old, jax.core.Tracer) or not isinstance(old, jax.Array):
+        return new
+    return jax.device_put(new, old.sharding)
+
+
 def make_plateau_observer(
     *,
     factor: float = 0.1,
@@ -197,7 +204,8 @@ def make_plateau_observer(
     ``patience`` values without improvement (by more than ``rtol`` relative and ``atol``),
     ``scale *= factor`` (floored at ``min_scale``), then ``cooldown`` values are ignored.
     ``mode="max"`` watches ``-value``. The new state is computed by a jitted function of
-    the small plateau states alone, so calling it costs one tiny dispatch.
+    the small plateau states alone, so calling it costs one tiny dispatch. It vmaps over a
+    population's stacked optimizer states and values (``jax.vmap(observe)``).
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -216,7 +224,7 @@ def make_plateau_observer(
         old = [leaves[i] for i in where]
         new = step(old, jnp.asarray(value, jnp.float32))
         for i, state, before in zip(where, new, old):  # placed where the old state was (the step's shardings)
-            leaves[i] = jax.tree.map(lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n, state, before)
+            leaves[i] = jax.tree.map(_placed_like, state, before)
         return jax.tree.unflatten(treedef, leaves)
 
     return observe

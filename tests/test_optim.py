@@ -216,3 +216,47 @@ def test_optax_alias_errors_name_the_key():
         optimizer_section({"name": "optax:adabeleif"})
     with pytest.raises(Exception, match=r"kwargs: optax\.lion\(.*\) refused them"):
         optimizer_section({"name": "optax:lion", "kwargs": {"mu_dtype": "not-a-dtype"}})
+
+
+# --------------------------------------------------------------------------- populations
+
+
+def test_a_population_of_train_steps_vmaps_with_every_recipe_on():
+    """vmap over the TrainState of a step with a GRU, 2 microbatches, groups (one frozen), the
+    plateau scale and the EMA, with the learning rate injected per member
+    (optax.inject_hyperparams): each member equals its own unbatched step."""
+    net = ft.nn.rnn(3, hidden_size=8)
+    x = jax.random.normal(jax.random.key(0), (8, 5))
+    y = jnp.arange(8) % 3
+    params, state = net.init(jax.random.key(1), x)
+    c = optimizer_section({"name": "sgd", "clip_grad_norm": 1.0, "ema_decay": 0.9, "reduce_on_plateau": {"patience": 1},
+                           "groups": [{"match": "^gru_1/wh$", "frozen": True}, {"match": "^dense_", "learning_rate_scale": 0.5}]})
+    tx, _ = c.build(10, params)
+    opt = optax.chain(optax.inject_hyperparams(optax.scale)(step_size=1.0), tx)  # a per-member factor
+    loss_fn = ft.supervised_loss(net, ft.losses.softmax_cross_entropy)
+    step = ft.make_step(loss_fn, opt, accumulate_steps=2)
+
+    def member(scale, seed):
+        ts = ft.TrainState.create(params, state, opt, key=jax.random.key(seed))
+        return ts._replace(opt_state=(ts.opt_state[0]._replace(hyperparams={"step_size": jnp.float32(scale)}), ts.opt_state[1]))
+
+    members = [member(s, i) for i, s in enumerate((1.0, 0.5, 2.0))]
+    population = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    batched, metrics = jax.jit(jax.vmap(step, in_axes=(0, None)))(population, (x, y))
+    for i, ts in enumerate(members):
+        single, m = jax.jit(step)(ts, (x, y))
+        # The same float32 computation, batched: XLA may order a batched matmul's sums differently.
+        np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves((batched.params, batched.opt_state)), jax.tree.leaves((single.params, single.opt_state))):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(batched.params["gru_1"]["wh"], population.params["gru_1"]["wh"])  # frozen
+    # The plateau observer vmaps too: each member fed its own validation losses (patience 1:
+    # member 0 improves and keeps its scale, the others drop to 0.1).
+    observe = c.reduce_on_plateau.observer()
+    first, second = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, 2.0, 4.0])
+    observed = jax.vmap(observe)(jax.vmap(observe)(batched.opt_state, first), second)
+    np.testing.assert_allclose(optim.plateau_scale_of(observed), [1.0, 0.1, 0.1], rtol=1e-6)
+    for i in range(3):
+        single = observe(observe(jax.tree.map(lambda a: a[i], batched.opt_state), first[i]), second[i])
+        assert float(optim.plateau_scale_of(single)) == float(optim.plateau_scale_of(observed)[i])
+    assert not np.allclose(batched.params["dense_2"]["w"][1], batched.params["dense_2"]["w"][2])
