@@ -260,3 +260,8 @@ def test_a_population_of_train_steps_vmaps_with_every_recipe_on():
         single = observe(observe(jax.tree.map(lambda a: a[i], batched.opt_state), first[i]), second[i])
         assert float(optim.plateau_scale_of(single)) == float(optim.plateau_scale_of(observed)[i])
     assert not np.allclose(batched.params["dense_2"]["w"][1], batched.params["dense_2"]["w"][2])
+
+
+def test_an_argument_of_the_alias_outside_kwargs_says_where_it_goes():
+    with pytest.raises(Exception, match=r"b1: the arguments of optax\.lion go in kwargs, e\.g\. optimizer\.kwargs\.b1=0\.95"):
+        optimizer_section({"name": "optax:lion", "b1": 0.95})

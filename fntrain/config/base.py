@@ -178,7 +178,7 @@ class Variants:
         None when only the built-in names are allowed.
       default: the name a section without ``name`` gets; None: ``name`` is required.
       prefixed: ``{prefix: class}``: the class for every name that starts with ``prefix``
-        (``{"optax:": OptaxOptimizer}``); its tag is the prefix without the colon. The class
+        (``{"optax:": OptaxOptimizer}``); its tag is ``optax:NAME``. The class
         may have a ``suggest(name) -> str | None`` classmethod offering a name for a typo.
     """
 
@@ -206,7 +206,7 @@ class Variants:
             return CUSTOM_TAG
         prefix = next((p for p, c in self.prefixed.items() if c is cls), None)
         if prefix is not None:
-            return prefix.rstrip(":")
+            return f"{prefix}NAME"
         return next(name for name, c in self.classes.items() if c is cls)
 
     def names_of(self, cls: type) -> list[str]:

@@ -502,6 +502,20 @@ class OptaxOptimizer(_Optimizer):
         """The optax name: ``lion`` for ``optax:lion``."""
         return self.name.removeprefix("optax:")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _arguments_go_in_kwargs(cls, raw):
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            alias = raw["name"].removeprefix("optax:")
+            takes = aliases.parameters(alias) if alias in aliases.aliases() else {}
+            misplaced = [k for k in raw if k not in cls.model_fields and k in takes]
+            if misplaced:
+                key = misplaced[0]
+                raise ValueError(
+                    f"{key}: the arguments of optax.{alias} go in kwargs, e.g. optimizer.kwargs.{key}={raw[key]!r}"
+                )
+        return raw
+
     @field_validator("name")
     @classmethod
     def _known_alias(cls, v):
