@@ -7,7 +7,8 @@ or passed to ``jax.jit`` as a static argument. A section with variants (``data``
 
 Modules:
   base: sections, ``FrozenMapping``, user components, variant unions, shared field types.
-  data, model, loss, optim: the variants of those sections, each with its build method.
+  data, model, loss, optim, schedule: the variants of those sections, each with its build method.
+  aliases: optax's named optimizers and their signatures, for ``optimizer.name: optax:NAME``.
   schema: ``Config`` and the sections without variants.
   loading: YAML and overrides in, ``Config`` out; ``dump_config`` back.
   messages: pydantic errors as one line per dotted key.
@@ -71,28 +72,30 @@ from fntrain.config.model import (
 )
 from fntrain.config.optim import (
     OPTIMIZER_VARIANTS,
-    SCHEDULE_VARIANTS,
     AdamOptimizer,
     AdamwOptimizer,
-    ConstantSchedule,
-    CosineSchedule,
-    ExponentialSchedule,
-    LinearSchedule,
     MomentumOptimizer,
     NesterovOptimizer,
     OptaxOptimizer,
     OptimizerConfig,
     ParamGroupConfig,
-    PiecewiseSchedule,
     PlateauConfig,
     RmspropOptimizer,
-    ScheduleConfig,
     SgdOptimizer,
+)
+from fntrain.config.reference import reference_markdown
+from fntrain.config.schedule import (
+    SCHEDULE_VARIANTS,
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    PiecewiseSchedule,
+    ScheduleConfig,
     WarmupConstantSchedule,
     WarmupCosineSchedule,
     WarmupStableDecaySchedule,
 )
-from fntrain.config.reference import reference_markdown
 from fntrain.config.schema import (
     CallbackConfig,
     CheckpointConfig,
