@@ -67,6 +67,9 @@ def build_schedule(c: cfg.OptimizerConfig, total_steps: int) -> optax.Schedule:
     return c.schedule.build(c.learning_rate, total_steps)
 
 
-def build_optimizer(c: cfg.OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax optimizer (with clipping and weight decay) and its learning-rate schedule."""
-    return c.build(total_steps)
+def build_optimizer(
+    c: cfg.OptimizerConfig, total_steps: int, params=None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax optimizer (with clipping, weight decay, groups, plateau scale and EMA as
+    configured) and its learning-rate schedule; with ``params``, every group must match one."""
+    return c.build(total_steps, params)

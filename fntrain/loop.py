@@ -28,8 +28,7 @@ from jax.sharding import PartitionSpec as P
 from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
-from fntrain import nn
-from fntrain import config_diff, signals
+from fntrain import config_diff, nn, optim, signals
 from fntrain.cadence import Cadence, CheckpointTimer
 from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
 from fntrain.callbacks import from_config as callbacks_from_config
@@ -153,6 +152,16 @@ class _Run:
     pad: bool  # batches padded to full size with weight-0 rows, so shapes never change
     stats_fn: Optional[Callable]
     resumed_from: Optional[int]
+    observe: Optional[Callable]  # reduce_on_plateau: observe(opt_state, value) -> opt_state
+
+    @property
+    def ema(self) -> bool:
+        return self.config.optimizer.ema_decay is not None
+
+    @property
+    def chosen(self) -> str:
+        """The val split early stopping and reduce_on_plateau watch: ``val`` or ``val_ema``."""
+        return "val_ema" if self.config.optimizer.eval_params == "ema" else "val"
 
     @property
     def track_best(self) -> bool:
@@ -301,7 +310,7 @@ def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: sig
             _log_train(run, ts, loop, dispatch, clock)
         if events.eval and run.exp.splits.val is not None:
             started = time.perf_counter()
-            _evaluate_val(run, ts, loop)
+            ts = _evaluate_val(run, ts, loop)
             clock.exclude(time.perf_counter() - started)
         if events.checkpoint or loop.stopped_early or guard.received or _timed_checkpoint(run, loop, events):
             _checkpoint(run, ts, loop)
@@ -360,6 +369,10 @@ def _log_train(run: _Run, ts: TrainState, loop: LoopState, dispatch: Dispatch, c
     loop.nonfinite_steps += int(values.pop("nonfinite"))
     values["nonfinite_steps"] = loop.nonfinite_steps
     values["learning_rate"] = float(run.schedule(loop.step - 1))
+    scale = optim.plateau_scale_of(ts.opt_state)
+    if scale is not None:
+        values["lr_scale"] = float(to_host(scale))
+        values["learning_rate"] *= values["lr_scale"]
     if run.stats_fn is not None:
         x, y = _last_batch(run, dispatch)
         stats = to_host(run.stats_fn(run.exp.net, ts.params, ts.model_state, x, y, run.exp.loss))
@@ -380,21 +393,30 @@ def _last_batch(run: _Run, dispatch: Dispatch):
     return jax.tree.map(lambda a: a[rows], run.resident)
 
 
-def _evaluate(run: _Run, ts: TrainState, loop: LoopState, split: str) -> dict[str, float]:
-    """Evaluates one split, logs it and tells the callbacks."""
+def _with_ema(ts: TrainState) -> TrainState:
+    """``ts`` with the EMA of the parameters in place of the parameters."""
+    return ts._replace(params=optim.ema_params(ts.opt_state, ts.params))
+
+
+def _evaluate(run: _Run, ts: TrainState, loop: LoopState, split: str) -> dict[str, dict[str, float]]:
+    """Evaluates one split (and, with an EMA, its ``<split>_ema``), logs it and tells the callbacks."""
     arrays = getattr(run.exp.splits, split)
     batch_size = _eval_batch_size(run.config, run.placement.num_devices if run.pad else 1)
-    metrics = evaluate_arrays(run.eval_step, ts, arrays, batch_size, run.placement.put_batch, pad=run.pad)
-    run.callbacks.on_log(loop.step, split, {"epoch": run.cadence.epoch(loop.step), **metrics})
-    run.callbacks.on_eval(loop.step, split, metrics, ts)
-    loop.final[split] = metrics
-    return metrics
+    results = {}
+    for name, state in [(split, ts)] + ([(f"{split}_ema", _with_ema(ts))] if run.ema else []):
+        metrics = evaluate_arrays(run.eval_step, state, arrays, batch_size, run.placement.put_batch, pad=run.pad)
+        run.callbacks.on_log(loop.step, name, {"epoch": run.cadence.epoch(loop.step), **metrics})
+        run.callbacks.on_eval(loop.step, name, metrics, state)
+        loop.final[name] = results[name] = metrics
+    return results
 
 
-def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> None:
-    """Evaluates on val and updates early stopping (and the best checkpoint)."""
+def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> TrainState:
+    """Evaluates on val, feeds reduce_on_plateau and updates early stopping (and the best checkpoint)."""
     es = run.config.early_stopping
-    metrics = _evaluate(run, ts, loop, "val")
+    metrics = _evaluate(run, ts, loop, "val")[run.chosen]
+    if run.observe is not None:
+        ts = ts._replace(opt_state=run.observe(ts.opt_state, metrics[run.config.optimizer.reduce_on_plateau.metric]))
     improved = loop.early.improved_by(metrics, metric=es.metric, mode=es.mode, min_delta=es.min_delta)
     loop.early = loop.early.update(loop.step, metrics, metric=es.metric, mode=es.mode, min_delta=es.min_delta)
     if improved and run.track_best:
@@ -403,9 +425,10 @@ def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> None:
     if loop.stopped_early:
         best = loop.early.best_metrics[es.metric]
         run.progress.write(
-            f"early stopping at step {loop.step}: val {es.metric} has not improved for "
+            f"early stopping at step {loop.step}: {run.chosen} {es.metric} has not improved for "
             f"{es.patience} evaluations (best {best:.4f} at step {loop.early.best_step})"
         )
+    return ts
 
 
 def _checkpoint(run: _Run, ts: TrainState, loop: LoopState, *, best: bool = False) -> None:
@@ -429,14 +452,17 @@ def _finish(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock) -> TrainR
             run.progress.write(f"could not read the best checkpoint (step {early.best_step}); keeping the last parameters")
         else:
             ts = restored[0]
-            loop.final["val"] = early.best_metrics
+            loop.final.pop("val_ema" if run.chosen == "val" else "val", None)  # of another step's parameters
+            loop.final[run.chosen] = early.best_metrics
             run.progress.write(
-                f"restored the best parameters (step {early.best_step}, val {es.metric} {early.best_metrics[es.metric]:.4f})"
+                f"restored the best parameters (step {early.best_step}, {run.chosen} {es.metric} "
+                f"{early.best_metrics[es.metric]:.4f})"
             )
     if run.exp.splits.test is not None:
         _evaluate(run, ts, loop, "test")
     run.progress.close()
-    run.run_dir.save_params(*gather_to_host((ts.params, ts.model_state)))
+    saved = _with_ema(ts) if run.config.optimizer.eval_params == "ema" else ts
+    run.run_dir.save_params(*gather_to_host((saved.params, saved.model_state)))
     summary = _summary(run, ts, loop, clock, train_seconds)
     run.run_dir.write_summary(summary)
     for split, values in loop.final.items():
@@ -467,7 +493,8 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
         "steps": loop.step,
         "epochs": run.cadence.epoch(loop.step),
         "final": loop.final,
-        "best": {"step": early.best_step, "val": early.best_metrics} if early.best_step is not None else None,
+        "best": {"step": early.best_step, "val": early.best_metrics, "split": run.chosen} if early.best_step is not None else None,
+        "params": run.config.optimizer.eval_params,  # which parameters params.npz holds: raw or ema
         "stopped_early": loop.stopped_early,
         "nonfinite_steps": loop.nonfinite_steps,
         "resumed_from_step": run.resumed_from,
@@ -539,6 +566,7 @@ def _set_up(
             # Backprop made visible, computed only at log steps, so the train step is untouched.
             stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
             resumed_from=loop.step if restored is not None else None,
+            observe=config.optimizer.reduce_on_plateau.observer() if config.optimizer.reduce_on_plateau else None,
         )
     except BaseException:
         if checkpointer is not None:
@@ -570,15 +598,17 @@ def _build(config: cfg.Config, user_callbacks: Sequence[Any]) -> _Built:
     pc, dc = config.parallel, config.data
     exp = build_experiment(config)
     _check_early_stopping_metric(config, exp)
+    _check_plateau_metric(config, exp)
     user = [*callbacks_from_config(config), *user_callbacks]
     use_tensorboard = tensorboard.wanted(config.log.tensorboard)
     placement = make_placement(pc.num_devices, fsdp=pc.mode == "fsdp")
     pad = exp.loss is not None and _takes_weights(exp.loss)
     _check_divisible(placement, dc, exp.splits.train.num_examples, pad)
+    _check_microbatches(placement, config, exp.splits.train.num_examples, pad)
     iterator_args = dict(key=exp.keys["shuffle"], shuffle=dc.shuffle, drop_last=dc.drop_last)
     steps_per_epoch = data_lib.BatchIterator(exp.splits.train, dc.batch_size, **iterator_args).steps_per_epoch
     cadence = Cadence.from_config(config, steps_per_epoch)
-    optimizer, schedule = builders.build_optimizer(config.optimizer, cadence.total_steps)
+    optimizer, schedule = builders.build_optimizer(config.optimizer, cadence.total_steps, exp.params)
     ts = TrainState.create(exp.params, exp.model_state, optimizer, key=exp.keys["step"])
     state_sharding = placement.state_shardings(ts)
     ts = placement.put_state(ts, state_sharding)
@@ -604,7 +634,8 @@ def _example(exp: Experiment) -> jax.ShapeDtypeStruct:
 def _announce(run: _Run, loop: LoopState) -> None:
     """The model summary and the run's one-line description."""
     splits, pc, train = run.exp.splits, run.config.parallel, run.exp.splits.train
-    run.say(nn.summary(run.exp.net, jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype)))
+    group_of = run.config.optimizer.group_of if run.config.optimizer.groups else None
+    run.say(nn.summary(run.exp.net, jax.ShapeDtypeStruct((1, *train.x.shape[1:]), train.x.dtype), group_of=group_of))
     run.say(
         f"data: {train.num_examples} train / {splits.val.num_examples if splits.val else 0} val / "
         f"{splits.test.num_examples if splits.test else 0} test examples; "
@@ -629,7 +660,12 @@ def _run_info(run: _Run, loop: LoopState) -> RunInfo:
 def _compiled_train_step(config, loss_fn, optimizer, placement: Placement, state_sharding, resident) -> Callable:
     """The jitted train step the loop calls as ``step(ts, batch_or_rows)``, with its guards."""
     k = config.loop.steps_per_dispatch
-    step = make_step(loss_fn, optimizer, grad_norm_every_steps=config.log.every_steps if config.log.grad_norm else None)
+    step = make_step(
+        loss_fn,
+        optimizer,
+        grad_norm_every_steps=config.log.every_steps if config.log.grad_norm else None,
+        accumulate_steps=config.optimizer.accumulate_steps,
+    )
     if config.loop.on_nonfinite == "skip":
         step = skipping_nonfinite(step)
     if k > 1:
@@ -656,6 +692,38 @@ def _check_early_stopping_metric(config: cfg.Config, exp: Experiment) -> None:
     if config.early_stopping.metric not in names:
         raise ConfigError(
             f"early_stopping.metric: {config.early_stopping.metric!r} is not among the val metrics {sorted(names)}"
+        )
+
+
+def _check_plateau_metric(config: cfg.Config, exp: Experiment) -> None:
+    """``optimizer.reduce_on_plateau`` needs a val split and one of its metrics."""
+    plateau = config.optimizer.reduce_on_plateau
+    if plateau is None:
+        return
+    if exp.splits.val is None:
+        raise ConfigError("optimizer.reduce_on_plateau watches a validation metric, but the data has no val split")
+    names = metric_names(exp)
+    if plateau.metric not in names:
+        raise ConfigError(f"optimizer.reduce_on_plateau.metric: {plateau.metric!r} is not among the val metrics {sorted(names)}")
+
+
+def _check_microbatches(placement: Placement, config: cfg.Config, num_train: int, pad: bool) -> None:
+    """Microbatches take rows from every device's block, so N must divide the rows per device,
+    and a final partial batch (unpadded) must split too."""
+    n, dc = config.optimizer.accumulate_steps, config.data
+    per_device = dc.batch_size // placement.num_devices
+    if n > 1 and per_device % n:
+        raise ConfigError(
+            f"optimizer.accumulate_steps ({n}) must divide the {per_device} rows each of the {placement.num_devices} "
+            f"devices holds of a batch (data.batch_size {dc.batch_size}); choose a batch size that is a multiple "
+            f"of {n * placement.num_devices}"
+        )
+    partial = num_train % dc.batch_size
+    if n > 1 and partial and not pad and not dc.drop_last and partial % (n * placement.num_devices):
+        raise ConfigError(
+            f"the final partial batch of each epoch ({partial} of {num_train} training examples) does not split into "
+            f"optimizer.accumulate_steps ({n}) microbatches; set data.drop_last=true, or use a loss that takes "
+            "weights= (every built-in loss does), whose batches are padded"
         )
 
 

@@ -182,7 +182,7 @@ class RunDir:
         return run
 
     def truncate_metrics(self, step: int) -> None:
-        """Drops lines a resumed run will write again: those past ``step``, and the final test line."""
+        """Drops lines a resumed run will write again: those past ``step``, and the final test lines."""
         path = self.path / METRICS
         if not self.writer or not path.exists():
             return
@@ -194,7 +194,7 @@ class RunDir:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill or a full disk
                 continue
-            if isinstance(record, dict) and record.get("step", step + 1) <= step and record.get("split") != "test":
+            if isinstance(record, dict) and record.get("step", step + 1) <= step and record.get("split") not in ("test", "test_ema"):
                 kept.append(line + "\n")
         storage.atomic_write(path, "".join(kept).encode())
 

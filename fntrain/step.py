@@ -13,6 +13,7 @@ A train step is built in the optax style, from a plain step and small wrappers t
 each add one thing, then jitted once::
 
     step = make_step(loss_fn, optimizer)      # (ts, batch) -> (ts, metrics), not jitted
+                                              # (accumulate_steps=N: N microbatches, one update)
     step = skipping_nonfinite(step)           # optional: non-finite updates are skipped
     step = fused(step)                        # optional: K steps in one lax.scan
     step = jit_step(step, state_sharding=..., batch_sharding=...)
@@ -88,7 +89,13 @@ def supervised_loss(
 # --------------------------------------------------------------------------- the plain step
 
 
-def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, grad_norm_every_steps: Optional[int] = None) -> Step:
+def make_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    grad_norm_every_steps: Optional[int] = None,
+    accumulate_steps: int = 1,
+) -> Step:
     """The plain train step ``step(train_state, batch) -> (train_state, metrics)``, not jitted.
 
     Each update draws ``key = fold_in(train_state.key, train_state.step)``, computes
@@ -102,15 +109,16 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, grad_
         on every n-th update (where the new ``step % n == 0``) and NaN on the others. The
         norm is one more pass over every gradient that XLA:CPU does not fuse (about 6% of a
         small MLP's step), hence the choice.
+      accumulate_steps: ``N > 1`` splits each batch into N microbatches and applies one
+        update with their accumulated gradients (:func:`accumulated_value_and_grad`).
     """
     if grad_norm_every_steps is not None and (not isinstance(grad_norm_every_steps, int) or grad_norm_every_steps < 1):
         raise ValueError(f"grad_norm_every_steps must be a positive int or None, got {grad_norm_every_steps!r}")
+    value_and_grad = accumulated_value_and_grad(loss_fn, accumulate_steps)
 
     def step(ts: TrainState, batch) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(ts.key, ts.step)
-        (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            ts.params, ts.model_state, batch, key
-        )
+        (loss, (model_state, metrics)), grads = value_and_grad(ts.params, ts.model_state, batch, key)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
         new_step = ts.step + 1
@@ -137,6 +145,94 @@ def _grad_norm_every(grads, step: jax.Array, every: int) -> tuple[jax.Array, jax
     skipped = jax.tree.map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), jax.eval_shape(norm, grads)[0])
     # lax.cond runs one branch, so the other steps skip the pass over the gradients.
     return lax.cond(step % every == 0, norm, lambda g: (skipped, jnp.array(True)), grads)
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+def microbatches(batch, num_microbatches: int):
+    """Every leaf ``[B, ...]`` of ``batch`` as ``[N, B / N, ...]``; microbatch ``j`` holds rows
+    ``j, j + N, j + 2N, ...``.
+
+    The rows are strided rather than contiguous so that the split stays on each device: on
+    a data-parallel mesh device ``d`` holds a contiguous block of ``B / D`` rows, and as long
+    as ``N`` divides ``B / D`` every microbatch takes ``B / (N D)`` rows of every block. The
+    reshape ``[B] -> [B / N, N]`` keeps the sharded axis first, and the transpose to
+    ``[N, B / N]`` moves no data between devices.
+    """
+
+    def split(a):
+        if a.shape[0] % num_microbatches:
+            raise ValueError(
+                f"accumulate_steps={num_microbatches} must divide the batch's {a.shape[0]} rows "
+                f"(a leaf of shape {tuple(a.shape)}); choose a batch size that it divides"
+            )
+        return jnp.swapaxes(a.reshape(a.shape[0] // num_microbatches, num_microbatches, *a.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _microbatch_fractions(micro) -> jax.Array:
+    """``[N]``: each microbatch's share of the batch, ``W_j / W`` with weights, else ``1 / N``."""
+    if isinstance(micro, tuple) and len(micro) == 3:  # (x, y, weights): weight-0 rows are padding
+        totals = jnp.sum(micro[2].reshape(micro[2].shape[0], -1), axis=1).astype(jnp.float32)
+        return totals / jnp.maximum(jnp.sum(totals), 1e-30)
+    n = jax.tree.leaves(micro)[0].shape[0]
+    return jnp.full((n,), 1.0 / n, jnp.float32)
+
+
+def _combine_metric(values, fractions: jax.Array):
+    """A metric over the whole batch from its ``[N]`` per-microbatch values: Stats sums add up,
+    plain scalars (means over their microbatch) are averaged with the microbatches' shares."""
+    if isinstance(values, metrics_lib.Stats):
+        return jax.tree.map(lambda a: jnp.sum(a, axis=0), values)
+    return jnp.sum(fractions.astype(values.dtype) * values)
+
+
+def accumulated_value_and_grad(loss_fn: LossFn, num_microbatches: int = 1) -> Callable:
+    """``jax.value_and_grad(loss_fn, has_aux=True)``, over ``N`` microbatches of each batch.
+
+    ``fn(params, model_state, batch, key) -> ((loss, (model_state, metrics)), grads)``. With
+    ``N > 1`` the batch is split by :func:`microbatches` and a ``lax.scan`` runs the forward and
+    backward pass of one microbatch at a time, so activations take the memory of ``B / N``
+    rows, and adds up ``grads = sum_j (W_j / W) grad_j`` (``W_j``: microbatch ``j``'s total
+    weight, ``B / N`` without weights). Each microbatch's loss is the (weighted) mean over its
+    rows, so ``loss`` and ``grads`` equal the full batch's up to float summation order, padding
+    rows included. Microbatch ``j`` draws its randomness from ``fold_in(key, j)``.
+
+    Networks with batch statistics see each microbatch as a batch: batch norm normalises
+    with the statistics of ``B / N`` rows and updates its running averages once per
+    microbatch, in order; the model state after the last microbatch is kept.
+
+    Metrics: :class:`fntrain.metrics.Stats` sums add up over the microbatches, and plain
+    scalars are averaged with the weights ``W_j / W``.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if not isinstance(num_microbatches, int) or num_microbatches < 1:
+        raise ValueError(f"accumulate_steps must be a positive int, got {num_microbatches!r}")
+    if num_microbatches == 1:
+        return grad_fn
+
+    def value_and_grad(params, model_state, batch, key):
+        micro = microbatches(batch, num_microbatches)
+        fractions = _microbatch_fractions(micro)
+
+        def one(carry, xs):
+            model_state, grads = carry
+            j, mb, fraction = xs
+            mb_key = None if key is None else jax.random.fold_in(key, j)
+            (loss, (model_state, metrics)), g = grad_fn(params, model_state, mb, mb_key)
+            grads = jax.tree.map(lambda total, gj: total + fraction.astype(gj.dtype) * gj, grads, g)
+            return (model_state, grads), (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        xs = (jnp.arange(num_microbatches), micro, fractions)
+        (model_state, grads), (losses, metrics) = lax.scan(one, (model_state, zeros), xs)
+        loss = jnp.sum(fractions.astype(losses.dtype) * losses)
+        metrics = {k: _combine_metric(v, fractions) for k, v in metrics.items()}
+        return (loss, (model_state, metrics)), grads
+
+    return value_and_grad
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -240,6 +336,7 @@ def make_train_step(
     skip_nonfinite: bool = False,
     state_sharding: Any = None,
     batch_sharding: Any = None,
+    accumulate_steps: int = 1,
 ) -> Step:
     """Returns a jitted ``step(train_state, batch) -> (train_state, metrics)``.
 
@@ -251,7 +348,7 @@ def make_train_step(
       loss_fn: see the module docstring.
       optimizer: an optax transformation; it must be the one ``train_state.opt_state`` came from.
       steps_per_dispatch: ``K > 1`` fuses K updates into one ``lax.scan`` (:func:`fused`).
-      grad_norm_every_steps: see :func:`make_step`.
+      grad_norm_every_steps, accumulate_steps: see :func:`make_step`.
       donate, state_sharding, batch_sharding: see :func:`jit_step`.
       skip_nonfinite: see :func:`skipping_nonfinite`.
 
@@ -261,7 +358,7 @@ def make_train_step(
     """
     if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
         raise ValueError(f"steps_per_dispatch must be a positive int, got {steps_per_dispatch!r}")
-    step = make_step(loss_fn, optimizer, grad_norm_every_steps=grad_norm_every_steps)
+    step = make_step(loss_fn, optimizer, grad_norm_every_steps=grad_norm_every_steps, accumulate_steps=accumulate_steps)
     if skip_nonfinite:
         step = skipping_nonfinite(step)
     if steps_per_dispatch > 1:

@@ -390,6 +390,21 @@ BAD_CASES = {
         args=("optimizer.schedule.name=warmup_cosine", "optimizer.schedule.warmup_steps=3"),
         needles=("optimizer.schedule.warmup_steps",),
     ),
+    # optimizer recipes
+    "optax-bad-kwarg": Bad({"optimizer": {"name": "optax:lion", "kwargs": {"betaa": 0.9}}},
+                           needles=("optimizer.kwargs.betaa: not a parameter of optax.lion(learning_rate, b1=0.9, b2=0.99,",
+                                    "{cfg}")),
+    "optax-unknown-alias": Bad(args=("optimizer.name=optax:lamm",), needles=("optimizer.name", "did you mean 'optax:lamb'", "{cfg}")),
+    "plain-name-of-an-optax-alias": Bad(args=("optimizer.name=lion",), needles=("optimizer.name", "did you mean 'optax:lion'", "{cfg}")),
+    "accumulate-steps-not-dividing-batch": Bad(args=("optimizer.accumulate_steps=5",),
+                                               needles=("optimizer.accumulate_steps (5)", "data.batch_size (64)", "{cfg}")),
+    "group-matching-nothing": Bad({"optimizer": {"groups": [{"match": "^dense_1/"}, {"match": "^embed", "frozen": True}]}},
+                                  needles=("optimizer.groups[1].match", "'^embed'", "matches no parameter")),
+    "group-bad-regex": Bad({"optimizer": {"groups": [{"match": "dense_(0"}]}},
+                           needles=("optimizer.groups[0].match", "not a regular expression", "{cfg}")),
+    "ema-eval-without-decay": Bad(args=("optimizer.ema_eval=ema",), needles=("optimizer.ema_eval", "ema_decay", "{cfg}")),
+    "plateau-unknown-metric": Bad({"optimizer": {"reduce_on_plateau": {"metric": "acc"}}},
+                                  needles=("optimizer.reduce_on_plateau.metric", "'acc'", "accuracy")),
     # missing pieces
     "missing-model-section": Bad({"model": DELETE}, needles=("model", "required", "{cfg}")),
     "data-without-name": Bad({"data.name": DELETE}, needles=("data", "name", "{cfg}")),
@@ -854,7 +869,9 @@ SECTION_CLASSES = {
 
 _DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "batch_size": 16,
                 "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False}
-_OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>"}
+_OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>",
+                     "accumulate_steps": 2, "groups": ["<ParamGroupConfig>"], "reduce_on_plateau": "<PlateauConfig>",
+                     "ema_decay": 0.99, "ema_warmup": True, "ema_eval": "raw"}
 
 
 def non_default_sections(files: Path) -> dict[str, dict]:
@@ -872,12 +889,19 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                     "target_dtype": "float", "header": True, "delimiter": ";"},
         "CharLMData": {"name": "charlm", "val_fraction": 0.2, "batch_size": 16, "eval_batch_size": 32, "shuffle": False,
                        "drop_last": True, "on_device": False, "seq_len": 16, "stride": 8, "max_chars": 4000},
+        "SequenceOrderData": {"name": "sequence_order", **_DATA_COMMON, "num_examples": 120, "seq_len": 8,
+                              "target": "gap"},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
                        "kwargs": {"num_examples": 120, "num_features": 5}},
         "MlpModel": {"name": "mlp", "hidden_sizes": [16, 8], "num_outputs": 4, "activation": "gelu",
                      "dropout_rate": 0.1, "norm": "layer"},
-        "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": 5, "pool": "avg", "hidden_sizes": [8],
-                     "num_outputs": 10, "activation": "tanh", "dropout_rate": 0.2, "norm": "batch"},
+        "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": [5, 3], "strides": [1, 2], "pool": "avg",
+                     "pool_size": [2, 1], "hidden_sizes": [8], "num_outputs": 10, "activation": "tanh",
+                     "dropout_rate": 0.2, "norm": "batch"},
+        "Cnn1dModel": {"name": "cnn1d", "channels": [4], "kernel_size": 3, "strides": 2, "pool": "avg", "pool_size": 3,
+                       "hidden_sizes": [8], "num_outputs": 10, "activation": "tanh", "dropout_rate": 0.2, "norm": "batch"},
+        "RnnModel": {"name": "rnn", "cell": "lstm", "hidden_size": 8, "num_layers": 2, "num_outputs": 10,
+                     "dropout_rate": 0.1},
         "ResnetModel": {"name": "resnet", "stage_sizes": [1, 1, 1], "num_filters": 8, "num_outputs": 10},
         "TransformerLmModel": {"name": "transformer_lm", "vocab_size": 120, "seq_len": 64, "d_model": 32,
                                "num_layers": 3, "num_heads": 2, "mlp_dim": 64, "dropout_rate": 0.1,
@@ -894,6 +918,13 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "LinearSchedule": {"name": "linear", "decay_steps": 100, "end_value": 1e-5},
         "PiecewiseSchedule": {"name": "piecewise", "boundaries": [10, 20], "scales": [0.5, 0.1]},
         "ExponentialSchedule": {"name": "exponential", "decay_rate": 0.9, "transition_steps": 50, "end_value": 1e-5},
+        "WarmupConstantSchedule": {"name": "warmup_constant", "warmup_steps": 5},
+        "WarmupStableDecaySchedule": {"name": "warmup_stable_decay", "warmup_steps": 5, "decay_steps": 50,
+                                      "decay_fraction": 0.5, "decay_shape": "sqrt", "end_value": 1e-5},
+        # weight_decay 0.0 (not null) so that adam accepts the group too.
+        "ParamGroupConfig": {"match": "^dense_1/", "learning_rate_scale": 0.5, "weight_decay": 0.0, "frozen": False},
+        "PlateauConfig": {"metric": "accuracy", "mode": "max", "factor": 0.5, "patience": 3, "rtol": 0.01,
+                          "atol": 0.001, "cooldown": 2, "min_scale": 0.01},
         "SgdOptimizer": {"name": "sgd", **_OPTIMIZER_COMMON},
         "MomentumOptimizer": {"name": "momentum", **_OPTIMIZER_COMMON, "momentum": 0.5},
         "NesterovOptimizer": {"name": "nesterov", **_OPTIMIZER_COMMON, "momentum": 0.5},
@@ -901,6 +932,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "AdamOptimizer": {"name": "adam", **_OPTIMIZER_COMMON, "weight_decay": 0.0, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "AdamwOptimizer": {"name": "adamw", **_OPTIMIZER_COMMON, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "RmspropOptimizer": {"name": "rmsprop", **_OPTIMIZER_COMMON, "decay": 0.8, "eps": 1e-6, "momentum": 0.5},
+        "OptaxOptimizer": {"name": "optax:lion", **_OPTIMIZER_COMMON, "kwargs": {"b1": 0.8}},
         "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}}},
         "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
@@ -921,20 +953,23 @@ def non_default_sections(files: Path) -> dict[str, dict]:
 
 
 # Fields whose only valid value is their default, so the table cannot set them otherwise.
-DEFAULT_ONLY = {("AdamOptimizer", "weight_decay")}
+# frozen: true excludes the group's other keys (tests/test_optim.py covers frozen groups).
+DEFAULT_ONLY = {("AdamOptimizer", "weight_decay"), ("ParamGroupConfig", "frozen")}
 # An objective excludes a loss section and metrics, so full_config leaves it out and
 # test_every_field_of_the_objective_is_accepted covers it.
 NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
-    "DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CharLMData", "CustomData"
+    "DigitsData", "ClassificationData", "RegressionData", "SequenceOrderData", "NpzData", "IdxData", "CsvData", "CharLMData",
+    "CustomData",
 )
-MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
+MODEL_CLASSES = ("MlpModel", "CnnModel", "Cnn1dModel", "RnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
-OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer")
+OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer",
+                     "OptaxOptimizer")
 SCHEDULE_CLASSES = ("ConstantSchedule", "CosineSchedule", "WarmupCosineSchedule", "LinearSchedule", "PiecewiseSchedule",
-                    "ExponentialSchedule")
+                    "ExponentialSchedule", "WarmupConstantSchedule", "WarmupStableDecaySchedule")
 
 
 def full_config(files: Path, data: str, model: str, loss: str = "CustomLoss", optimizer: str = "AdamwOptimizer",
@@ -976,6 +1011,10 @@ def assert_section_holds(section: BaseModel, values: dict, where: str) -> None:
             assert section.kwargs_dict == value, f"{where}.{name}"
         elif isinstance(value, dict):
             assert_section_holds(got, value, f"{where}.{name}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):  # a list of sections
+            assert len(got) == len(value), f"{where}.{name}"
+            for i, (section_i, values_i) in enumerate(zip(got, value)):
+                assert_section_holds(section_i, values_i, f"{where}.{name}[{i}]")
         elif isinstance(value, list):
             assert got == tuple(value), f"{where}.{name}"
         else:
@@ -1107,6 +1146,9 @@ MINIMAL_SECTIONS = {
     "CustomData": ("data", {"name": "fntrain.data:make_classification"}),
     "MlpModel": ("model", {"name": "mlp"}),
     "CnnModel": ("model", {"name": "cnn"}),
+    "Cnn1dModel": ("model", {"name": "cnn1d"}),
+    "RnnModel": ("model", {"name": "rnn"}),
+    "SequenceOrderData": ("data", {"name": "sequence_order"}),
     "ResnetModel": ("model", {"name": "resnet"}),
     "TransformerLmModel": ("model", {"name": "transformer_lm"}),
     "CharLMData": ("data", {"name": "charlm"}),
@@ -1122,12 +1164,18 @@ MINIMAL_SECTIONS = {
     "LinearSchedule": ("optimizer.schedule", {"name": "linear"}),
     "PiecewiseSchedule": ("optimizer.schedule", {"name": "piecewise"}),
     "ExponentialSchedule": ("optimizer.schedule", {"name": "exponential"}),
-    "SgdOptimizer": ("optimizer", {"name": "sgd"}),
-    "MomentumOptimizer": ("optimizer", {"name": "momentum"}),
-    "NesterovOptimizer": ("optimizer", {"name": "nesterov"}),
-    "AdamOptimizer": ("optimizer", {"name": "adam"}),
-    "AdamwOptimizer": ("optimizer", {"name": "adamw"}),
-    "RmspropOptimizer": ("optimizer", {"name": "rmsprop"}),
+    # ema_decay: so that ema_eval may be "ema".
+    "SgdOptimizer": ("optimizer", {"name": "sgd", "ema_decay": 0.9}),
+    "MomentumOptimizer": ("optimizer", {"name": "momentum", "ema_decay": 0.9}),
+    "NesterovOptimizer": ("optimizer", {"name": "nesterov", "ema_decay": 0.9}),
+    "AdamOptimizer": ("optimizer", {"name": "adam", "ema_decay": 0.9}),
+    "AdamwOptimizer": ("optimizer", {"name": "adamw", "ema_decay": 0.9}),
+    "RmspropOptimizer": ("optimizer", {"name": "rmsprop", "ema_decay": 0.9}),
+    "OptaxOptimizer": ("optimizer", {"name": "optax:lion", "ema_decay": 0.9}),
+    "WarmupConstantSchedule": ("optimizer.schedule", {"name": "warmup_constant"}),
+    "WarmupStableDecaySchedule": ("optimizer.schedule", {"name": "warmup_stable_decay"}),
+    "ParamGroupConfig": ("optimizer.groups", {"match": "x"}),  # no Literal fields: never set
+    "PlateauConfig": ("optimizer.reduce_on_plateau", {}),
     "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
     "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
@@ -1186,6 +1234,14 @@ _HALF_COSINE = 0.5 * (1 + math.cos(math.pi / 2))  # 0.5: halfway through a cosin
                      {0: LR, 10: LR / 2, 20: LR / 4}, id="exponential"),
         pytest.param({"name": "exponential", "transition_steps": 10, "decay_rate": 0.5, "end_value": 0.02},
                      {10: LR / 2, 30: 0.02, 90: 0.02}, id="exponential-floor"),
+        pytest.param({"name": "warmup_constant", "warmup_steps": 10}, {0: 0.0, 5: LR / 2, 10: LR, 99: LR},
+                     id="warmup_constant"),
+        pytest.param({"name": "warmup_stable_decay", "warmup_steps": 10, "decay_steps": 20, "end_value": 0.01},
+                     {0: 0.0, 5: LR / 2, 10: LR, 80: LR, 90: 0.01 + (LR - 0.01) / 2, 100: 0.01}, id="wsd-linear"),
+        pytest.param({"name": "warmup_stable_decay", "decay_steps": 20, "decay_shape": "cosine", "end_value": 0.01},
+                     {0: LR, 80: LR, 90: 0.01 + (LR - 0.01) * _HALF_COSINE, 100: 0.01}, id="wsd-cosine"),
+        pytest.param({"name": "warmup_stable_decay", "decay_fraction": 0.5, "decay_shape": "sqrt"},
+                     {0: LR, 50: LR, 75: LR * (1 - math.sqrt(0.5)), 100: 0.0}, id="wsd-sqrt-fraction"),
     ],
 )
 def test_every_schedule_variant_is_accepted_and_means_what_it_says(schedule, expected):

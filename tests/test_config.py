@@ -61,7 +61,7 @@ def test_readme_config_reference_is_up_to_date():
 def test_every_shipped_config_loads_and_trains_two_steps(path, tmp_path):
     overrides = [f"output_dir={tmp_path}", "loop.kind=steps", "loop.num_steps=2", "log.progress=none"]
     schedule = ((yaml.safe_load(path.read_text()).get("optimizer") or {}).get("schedule") or {}).get("name")
-    if schedule == "warmup_cosine":  # a warm-up must end within the two steps
+    if schedule in ("warmup_cosine", "warmup_constant", "warmup_stable_decay"):  # a warm-up must end within the two steps
         overrides.append("optimizer.schedule.warmup_steps=0")
     config = load_config(path, overrides)
     # The resolved config round-trips through its YAML dump.
@@ -115,6 +115,9 @@ def test_schedules_match_hand_written_formulas():
 def test_warmup_longer_than_training_is_a_config_error():
     c = optimizer_section({"schedule": {"name": "warmup_cosine", "warmup_steps": 500}})
     with pytest.raises(ft.ConfigError, match="warmup_steps"):
+        builders.build_schedule(c, 100)
+    c = optimizer_section({"schedule": {"name": "warmup_stable_decay", "warmup_steps": 60, "decay_steps": 50}})
+    with pytest.raises(ft.ConfigError, match=r"warmup_steps \(60\) and the decay \(50 steps\) do not fit in the run's 100"):
         builders.build_schedule(c, 100)
 
 
@@ -186,7 +189,8 @@ def test_a_key_of_another_variant_is_an_error_naming_it(sections, key, variant, 
 def test_switching_a_variant_by_override_says_to_replace_the_whole_section():
     path = ROOT / "configs/digits_mlp.yaml"  # schedule: {name: warmup_cosine, warmup_steps: 50}
     with pytest.raises(ft.ConfigError, match=r"optimizer\.schedule\.warmup_steps: schedule 'constant' takes no "
-                       r"'warmup_steps' \(warmup_cosine has it\).* e\.g\. optimizer\.schedule=\{name: constant\}$"):
+                       r"'warmup_steps' \(warmup_cosine, warmup_constant and warmup_stable_decay have it\).* "
+                       r"e\.g\. optimizer\.schedule=\{name: constant\}$"):
         load_config(path, ["optimizer.schedule.name=constant"])
     # What the message suggests works.
     config = load_config(path, ["optimizer.schedule={name: constant}"])
@@ -199,7 +203,7 @@ def test_switching_a_variant_by_override_says_to_replace_the_whole_section():
 
 def test_a_misspelt_key_is_suggested_from_every_variant():
     with pytest.raises(ft.ConfigError, match=r"optimizer\.schedule\.warmup: unknown key; did you mean 'warmup_steps' "
-                       r"\(a key of schedule warmup_cosine\)\?"):
+                       r"\(a key of schedule warmup_stable_decay\)\?"):
         validate(raw_with(optimizer={"schedule": {"warmup": 5}}), "v.yaml")
 
 

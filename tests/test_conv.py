@@ -1,4 +1,4 @@
-"""conv2d's im2col convolution against XLA's own convolution, forward and both gradients."""
+"""conv2d's im2col convolution against XLA's own convolution, forward and both gradients; conv1d, pooling on sequences, reshape."""
 
 import itertools
 
@@ -92,3 +92,86 @@ def test_fused_scan_of_conv_steps_matches_lax_convolution():
 
     # Three float32 SGD steps whose gradients are sums of <= 128 products: ~1e-5.
     np.testing.assert_allclose(run(conv2d_nhwc), run(lax_conv), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- conv1d
+
+
+def lax_conv1d(x, w, stride, padding):
+    return jax.lax.conv_general_dilated(x, w, (stride,), padding, dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+@pytest.mark.parametrize("stride,padding,k", list(itertools.product([1, 2, 3], PADDINGS, [1, 3, 4])))
+def test_conv1d_matches_lax_1d_convolution_forward_and_gradients(stride, padding, k):
+    rng = np.random.default_rng(0)
+    layer = nn.conv1d(4, k, strides=stride, padding=padding)
+    x = rng.standard_normal((2, 11, 3), np.float32)
+    params, _ = layer.init(jax.random.key(0), x)
+    assert params["w"].shape == (k, 3, 4)
+
+    def ours(x, w):
+        return layer.apply({"w": w, "b": params["b"]}, {}, x)[0]
+
+    def ref(x, w):
+        return lax_conv1d(x, w, stride, padding) + params["b"]
+
+    y, y_ref = ours(x, params["w"]), ref(x, params["w"])
+    assert y.shape == y_ref.shape
+    g = rng.standard_normal(y.shape, np.float32)
+    grads = jax.vjp(ours, x, params["w"])[1](g)
+    grads_ref = jax.vjp(ref, x, params["w"])[1](g)
+    # Sums of <= 3 * 4 and <= 2 * 11 float32 products in another order: 1e-5.
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_takes_conv2ds_kernel_choice_by_platform():
+    """conv1d lowers to the im2col matmul for CPU and to XLA's convolution for CUDA, as conv2d does."""
+    from jax import export
+
+    layer = nn.conv1d(4, 3)
+    x = jnp.ones((2, 8, 3))
+    params, _ = layer.init(jax.random.key(0), x)
+    fn = jax.jit(lambda p, x: layer.apply(p, {}, x)[0])
+    texts = {p: export.export(fn, platforms=[p])(params, x).mlir_module() for p in ("cpu", "cuda")}
+    assert "stablehlo.convolution" not in texts["cpu"] and "stablehlo.convolution" in texts["cuda"]
+
+
+def test_pools_and_global_pool_take_sequences():
+    x = jnp.arange(2 * 7 * 3, dtype=jnp.float32).reshape(2, 7, 3) % 5
+    xn = np.asarray(x)
+    np.testing.assert_array_equal(nn.max_pool(2).apply({}, {}, x)[0], np.maximum(xn[:, 0:6:2], xn[:, 1:7:2]))
+    np.testing.assert_allclose(nn.avg_pool(2).apply({}, {}, x)[0], (xn[:, 0:6:2] + xn[:, 1:7:2]) / 2)
+    same, _ = nn.avg_pool(2, padding="SAME").apply({}, {}, x)
+    np.testing.assert_allclose(same[:, -1], xn[:, 6])  # the border window averages its one real step
+    np.testing.assert_allclose(nn.global_avg_pool().apply({}, {}, x)[0], xn.mean(axis=1), rtol=1e-6)  # float32 mean
+    with pytest.raises(ValueError, match=r"a \(2, 1\) window is for images"):
+        nn.max_pool((2, 1)).apply({}, {}, x)
+    # Rectangular windows on images.
+    img = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+    assert nn.max_pool((2, 1)).apply({}, {}, img)[0].shape == (2, 2, 4, 1)
+
+
+def test_reshape_and_as_sequence():
+    x = jnp.arange(24.0).reshape(2, 12)
+    np.testing.assert_array_equal(nn.reshape(3, 4).apply({}, {}, x)[0], np.asarray(x).reshape(2, 3, 4))
+    assert nn.reshape(-1, 2).apply({}, {}, x)[0].shape == (2, 6, 2)
+    with pytest.raises(ValueError, match="reshape takes positive ints"):
+        nn.reshape(-1, -1)
+    seq, _ = nn.as_sequence.apply({}, {}, jnp.arange(6).reshape(2, 3))
+    assert seq.shape == (2, 3, 1) and seq.dtype == jnp.float32
+    assert nn.as_sequence.apply({}, {}, jnp.ones((2, 8, 8, 1)))[0].shape == (2, 8, 8)  # image rows as steps
+
+
+def test_cnn_takes_rectangular_kernels_strides_and_pools():
+    net = nn.cnn([4, 8], 3, kernel_size=(3, 1), strides=(1, 2), pool_size=(2, 1), hidden_sizes=[8])
+    x = jnp.ones((2, 8, 8, 1))
+    params, state = net.init(jax.random.key(0), x)
+    assert params["conv2d_0"]["w"].shape == (3, 1, 1, 4)
+    # Width: /2 by each stride (8 -> 4 -> 2); height: /2 by each pool (8 -> 4 -> 2).
+    assert params["dense_7"]["w"].shape == (2 * 2 * 8, 8)
+    assert net.apply(params, state, x)[0].shape == (2, 3)
+    seq_net = nn.cnn1d([4], 2, kernel_size=3, pool_size=3, hidden_sizes=[])
+    p, s = seq_net.init(jax.random.key(0), jnp.ones((2, 9)))
+    assert p["dense_5"]["w"].shape == (3 * 4, 2) and seq_net.apply(p, s, jnp.ones((2, 9)))[0].shape == (2, 2)

@@ -278,3 +278,19 @@ def test_summary_counts_parameters_without_allocating():
     table = nn.summary(net, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
     assert f"{64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10:,}" in table.splitlines()[-1]
     assert "(1, 10)" in table
+
+
+def test_summary_shows_a_group_per_layer_from_a_function_of_parameter_paths():
+    net = nn.mlp((8,), 3)  # flatten_0 dense_1 relu_2 dense_3
+    seen = []
+
+    def group_of(path):
+        seen.append(path)
+        return {"dense_1/w": "frozen", "dense_1/b": "frozen", "dense_3/b": "slow"}.get(path, "")
+
+    table = nn.summary(net, jax.ShapeDtypeStruct((1, 5), jnp.float32), group_of=group_of)
+    lines = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert table.splitlines()[0].split() == ["layer", "output", "shape", "params", "group"]
+    assert lines["dense_1"].endswith("frozen") and lines["dense_3"].endswith("slow: b; default: w")
+    assert sorted(seen) == ["dense_1/b", "dense_1/w", "dense_3/b", "dense_3/w"]
+    assert "group" not in nn.summary(net, jax.ShapeDtypeStruct((1, 5), jnp.float32))

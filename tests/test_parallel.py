@@ -97,3 +97,40 @@ def test_two_processes_match_one_and_only_process_zero_writes(tmp_path, single):
     assert_losses_close(single["losses"], result["losses"])
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len([l for l in lines if '"train"' in l]) == len(single["losses"])  # written once, not twice
+
+
+ACCUMULATION_COLLECTIVES = """
+import re, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import fntrain as ft
+import fntrain.step as step_lib
+
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+net = ft.nn.mlp((64,), 10)
+x, y = jnp.ones((256, 32)), jnp.zeros((256,), jnp.int32)
+params, state = net.init(jax.random.key(0), x[:1])
+opt = optax.sgd(0.1)
+ts = ft.TrainState.create(params, state, opt, key=jax.random.key(0))
+replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), ts)
+if sys.argv[1] == "contiguous":  # the control: microbatch j = rows [j B/N, (j + 1) B/N)
+    step_lib.microbatches = lambda b, n: jax.tree.map(lambda a: a.reshape(n, -1, *a.shape[1:]), b)
+step = ft.make_train_step(ft.supervised_loss(net, ft.losses.softmax_cross_entropy), opt, accumulate_steps=4,
+                          state_sharding=replicated, batch_sharding=NamedSharding(mesh, P("data")))
+text = step.lower(ts, (x, y)).compile().as_text()
+print(sorted(set(re.findall(r"(all-to-all|all-gather|collective-permute|all-reduce|reduce-scatter)", text))))
+"""
+
+
+def test_accumulated_microbatches_stay_on_their_devices():
+    """On 8 devices the accumulated step's only collective is the gradient all-reduce: each
+    microbatch takes its rows from every device's own block (the control, contiguous
+    microbatches, has to gather rows across devices)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    found = {}
+    for split in ("strided", "contiguous"):
+        done = subprocess.run([sys.executable, "-c", ACCUMULATION_COLLECTIVES, split], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        found[split] = done.stdout.strip().splitlines()[-1]
+    assert found["strided"] == "['all-reduce']"
+    assert "all-gather" in found["contiguous"] or "all-to-all" in found["contiguous"]

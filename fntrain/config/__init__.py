@@ -7,7 +7,8 @@ or passed to ``jax.jit`` as a static argument. A section with variants (``data``
 
 Modules:
   base: sections, ``FrozenMapping``, user components, variant unions, shared field types.
-  data, model, loss, optim: the variants of those sections, each with its build method.
+  data, model, loss, optim, schedule: the variants of those sections, each with its build method.
+  aliases: optax's named optimizers and their signatures, for ``optimizer.name: optax:NAME``.
   schema: ``Config`` and the sections without variants.
   loading: YAML and overrides in, ``Config`` out; ``dump_config`` back.
   messages: pydantic errors as one line per dotted key.
@@ -35,6 +36,7 @@ from fntrain.config.data import (
     IdxData,
     NpzData,
     RegressionData,
+    SequenceOrderData,
 )
 from fntrain.config.loading import (
     apply_overrides,
@@ -58,33 +60,42 @@ from fntrain.config.loss import (
 from fntrain.config.model import (
     MODEL_VARIANTS,
     Activation,
+    Cnn1dModel,
     CnnModel,
     CustomModel,
     MlpModel,
     ModelConfig,
     Norm,
     ResnetModel,
+    RnnModel,
     TransformerLmModel,
 )
 from fntrain.config.optim import (
     OPTIMIZER_VARIANTS,
-    SCHEDULE_VARIANTS,
     AdamOptimizer,
     AdamwOptimizer,
+    MomentumOptimizer,
+    NesterovOptimizer,
+    OptaxOptimizer,
+    OptimizerConfig,
+    ParamGroupConfig,
+    PlateauConfig,
+    RmspropOptimizer,
+    SgdOptimizer,
+)
+from fntrain.config.reference import reference_markdown
+from fntrain.config.schedule import (
+    SCHEDULE_VARIANTS,
     ConstantSchedule,
     CosineSchedule,
     ExponentialSchedule,
     LinearSchedule,
-    MomentumOptimizer,
-    NesterovOptimizer,
-    OptimizerConfig,
     PiecewiseSchedule,
-    RmspropOptimizer,
     ScheduleConfig,
-    SgdOptimizer,
+    WarmupConstantSchedule,
     WarmupCosineSchedule,
+    WarmupStableDecaySchedule,
 )
-from fntrain.config.reference import reference_markdown
 from fntrain.config.schema import (
     CallbackConfig,
     CheckpointConfig,
@@ -109,6 +120,7 @@ __all__ = [
     "CharLMData",
     "CheckpointConfig",
     "ClassificationData",
+    "Cnn1dModel",
     "CnnModel",
     "Config",
     "ConstantSchedule",
@@ -140,21 +152,28 @@ __all__ = [
     "Norm",
     "NpzData",
     "ObjectiveConfig",
+    "OptaxOptimizer",
     "OptimizerConfig",
     "ParallelConfig",
+    "ParamGroupConfig",
     "PiecewiseSchedule",
+    "PlateauConfig",
     "PositiveFloat",
     "PositiveInt",
     "RegressionData",
     "ResnetModel",
     "RmspropOptimizer",
+    "RnnModel",
     "ScheduleConfig",
+    "SequenceOrderData",
     "SgdOptimizer",
     "SigmoidBinaryCrossEntropyLoss",
     "SoftmaxCrossEntropyLoss",
     "TransformerLmModel",
     "Variants",
+    "WarmupConstantSchedule",
     "WarmupCosineSchedule",
+    "WarmupStableDecaySchedule",
     "apply_overrides",
     "config_to_dict",
     "dump_config",

@@ -177,13 +177,26 @@ class Variants:
       custom: the class for every other name (``module.path:function`` or registered), or
         None when only the built-in names are allowed.
       default: the name a section without ``name`` gets; None: ``name`` is required.
+      prefixed: ``{prefix: class}``: the class for every name that starts with ``prefix``
+        (``{"optax:": OptaxOptimizer}``); its tag is ``optax:NAME``. The class
+        may have a ``suggest(name) -> str | None`` classmethod offering a name for a typo.
     """
 
-    def __init__(self, what: str, classes: dict[str, type], custom: Optional[type], default: Optional[str]):
+    def __init__(
+        self,
+        what: str,
+        classes: dict[str, type],
+        custom: Optional[type],
+        default: Optional[str],
+        prefixed: Optional[dict[str, type]] = None,
+    ):
         self.what, self.classes, self.custom, self.default = what, dict(classes), custom, default
+        self.prefixed = dict(prefixed or {})
         self.by_tag: dict[str, type] = {}
         for name, cls in classes.items():
             self.by_tag.setdefault(self.tag_of(cls), cls)
+        for cls in self.prefixed.values():
+            self.by_tag[self.tag_of(cls)] = cls
         if custom is not None:
             self.by_tag[CUSTOM_TAG] = custom
 
@@ -191,20 +204,38 @@ class Variants:
         """A class's tag: its first name (pydantic puts it in error locations)."""
         if cls is self.custom:
             return CUSTOM_TAG
+        prefix = next((p for p, c in self.prefixed.items() if c is cls), None)
+        if prefix is not None:
+            return f"{prefix}NAME"
         return next(name for name, c in self.classes.items() if c is cls)
 
     def names_of(self, cls: type) -> list[str]:
-        return [name for name, c in self.classes.items() if c is cls]
+        prefixes = [f"{p}NAME" for p, c in self.prefixed.items() if c is cls]
+        return prefixes or [name for name, c in self.classes.items() if c is cls]
 
     def tag(self, name: Any) -> Optional[str]:
         if name in self.classes:
             return self.tag_of(self.classes[name])
+        for prefix, cls in self.prefixed.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                return self.tag_of(cls)
         return CUSTOM_TAG if self.custom is not None and isinstance(name, str) else None
 
     def choices(self) -> str:
         """``one of a, b, c`` (``or module.path:function`` with a custom variant)."""
-        text = "one of " + ", ".join(self.classes)
+        text = "one of " + ", ".join([*self.classes, *(f"{p}NAME" for p in self.prefixed)])
         return text + ", a registered name or `module.path:function`" if self.custom is not None else text
+
+    def suggestion(self, name: str) -> Optional[str]:
+        """A name close to ``name``: a built-in one, or one a prefixed class offers."""
+        close = difflib.get_close_matches(name, list(self.classes), n=1)
+        if close:
+            return close[0]
+        for cls in self.prefixed.values():
+            offered = getattr(cls, "suggest", lambda n: None)(name)
+            if offered is not None:
+                return offered
+        return None
 
     def check(self, v):
         """Before validation: a mapping whose ``name`` picks a variant (the default if absent)."""
@@ -221,8 +252,8 @@ class Variants:
         if not isinstance(name, str):
             raise ValueError(f"name: expected a string, {self.choices()} (got {name!r})")
         if self.tag(name) is None:
-            close = difflib.get_close_matches(name, list(self.classes), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = self.suggestion(name)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ValueError(f"name: unknown {self.what} {name!r}{hint} ({self.choices()})")
         return v
 
@@ -231,14 +262,21 @@ class Variants:
         return self.tag(name)
 
 
-def _union(what: str, classes: dict[str, type], *, custom: Optional[type] = None, default: Optional[str] = None):
+def _union(
+    what: str,
+    classes: dict[str, type],
+    *,
+    custom: Optional[type] = None,
+    default: Optional[str] = None,
+    prefixed: Optional[dict[str, type]] = None,
+):
     """A section type: the class whose names include the section's ``name``.
 
-    Unknown names go to ``custom`` if given and are an error otherwise; a missing name means
-    ``default`` (or is an error). The ``Variants`` in the metadata lets messages and the
-    reference see the classes.
+    Names with a prefix of ``prefixed`` go to its class; other unknown names go to ``custom``
+    if given and are an error otherwise; a missing name means ``default`` (or is an error).
+    The ``Variants`` in the metadata lets messages and the reference see the classes.
     """
-    variants = Variants(what, classes, custom, default)
+    variants = Variants(what, classes, custom, default, prefixed)
     members = tuple(Annotated[cls, Tag(tag)] for tag, cls in variants.by_tag.items())
     return Annotated[Union[members], Discriminator(variants.pick), BeforeValidator(variants.check), variants]
 

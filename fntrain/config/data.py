@@ -91,6 +91,20 @@ class RegressionData(_DataCommon):
         return data_lib.make_regression(self.num_examples, self.num_features, self.num_outputs, noise=self.noise, seed=seed)
 
 
+class SequenceOrderData(_DataCommon):
+    name: Literal["sequence_order"] = Field(
+        description="Generated sequences x [N, seq_len] (one feature per step): noise with one +1 and one -1; "
+        "target order: label 1 if the +1 comes first; gap: the distance between them. Every sequence holds "
+        "the same values, so a model that ignores order is at chance (`fntrain.data.make_sequence_order`)."
+    )
+    num_examples: PositiveInt = Field(2000, description="Sequences generated.")
+    seq_len: Annotated[int, Strict(), Field(ge=2)] = Field(20, description="Steps per sequence.")
+    target: Literal["order", "gap"] = Field("order", description="order: 2 classes; gap: a float in [-1, 1].")
+
+    def load(self, seed: int) -> data_lib.Arrays:
+        return data_lib.make_sequence_order(self.num_examples, self.seq_len, target=self.target, seed=seed)
+
+
 class NpzData(_DataCommon):
     name: Literal["npz"] = Field(description="Arrays from a NumPy `.npz` file (loaded without pickle).")
     path: str = Field(description="Path of the `.npz` file.")
@@ -152,6 +166,7 @@ DATA_VARIANTS = {
     "charlm": CharLMData,
     "classification": ClassificationData,
     "regression": RegressionData,
+    "sequence_order": SequenceOrderData,
     "npz": NpzData,
     "idx": IdxData,
     "csv": CsvData,

@@ -121,7 +121,7 @@ def describe(error: dict, raw: Any, root: type) -> str:
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     field, sep, rest = message.partition(": ")
-    if sep and re.fullmatch(r"[a-z_]+", field):  # a cross-field check naming its field
+    if sep and re.fullmatch(r"[a-z_][a-z0-9_]*", field):  # a cross-field check naming its field (or kwarg: b1)
         key, message = f"{key}.{field}" if key else field, rest
     got = error.get("input")
     shown = "" if isinstance(got, dict) or got is None or repr(got) in message else f" (got {got!r})"

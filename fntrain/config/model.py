@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from fntrain.errors import ConfigError
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "softplus", "identity"]
 Norm = Optional[Literal["batch", "layer"]]
+IntOrPair = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]
 
 
 class _Model(_Section):
@@ -47,8 +48,10 @@ class MlpModel(_Model):
 class CnnModel(_Model):
     name: Literal["cnn"] = Field(description="Small CNN for NHWC images: conv blocks then an MLP head.")
     channels: tuple[PositiveInt, ...] = Field((32, 64), description="Channels of each conv block.")
-    kernel_size: PositiveInt = Field(3, description="Square kernel size.")
-    pool: Optional[Literal["max", "avg"]] = Field("max", description="2x2 pooling after each block, or null.")
+    kernel_size: IntOrPair = Field(3, description="Kernel size: an int (square) or `[h, w]`.")
+    strides: IntOrPair = Field(1, description="Convolution strides: an int or `[h, w]`.")
+    pool: Optional[Literal["max", "avg"]] = Field("max", description="Pooling after each block, or null.")
+    pool_size: IntOrPair = Field(2, description="Pooling window (and stride): an int or `[h, w]`.")
     hidden_sizes: tuple[PositiveInt, ...] = Field((128,), description="Widths of the dense head.")
     num_outputs: Optional[PositiveInt] = Field(None, description="Output width; null: inferred from the data.")
     activation: Activation = Field("relu", description="Activation.")
@@ -60,11 +63,64 @@ class CnnModel(_Model):
             self.channels,
             self.num_outputs or num_outputs,
             kernel_size=self.kernel_size,
+            strides=self.strides,
             pool=self.pool,
+            pool_size=self.pool_size,
             hidden_sizes=self.hidden_sizes,
             activation=self.activation,
             dropout_rate=self.dropout_rate,
             norm=self.norm,
+        )
+
+
+class Cnn1dModel(_Model):
+    name: Literal["cnn1d"] = Field(
+        description="Small 1-D CNN for sequences [N, L, C] (or [N, L], one channel): conv1d blocks then an MLP head."
+    )
+    channels: tuple[PositiveInt, ...] = Field((32, 64), description="Channels of each conv block.")
+    kernel_size: PositiveInt = Field(5, description="Kernel length.")
+    strides: PositiveInt = Field(1, description="Convolution stride.")
+    pool: Optional[Literal["max", "avg"]] = Field("max", description="Pooling after each block, or null.")
+    pool_size: PositiveInt = Field(2, description="Pooling window (and stride).")
+    hidden_sizes: tuple[PositiveInt, ...] = Field((128,), description="Widths of the dense head.")
+    num_outputs: Optional[PositiveInt] = Field(None, description="Output width; null: inferred from the data.")
+    activation: Activation = Field("relu", description="Activation.")
+    dropout_rate: Fraction = Field(0.0, description="Dropout probability in the head.")
+    norm: Norm = Field(None, description="Normalisation after each conv: batch, layer or null.")
+
+    def build(self, num_outputs: int, input_shape: tuple[int, ...] = ()) -> nn.Module:
+        return nn.cnn1d(
+            self.channels,
+            self.num_outputs or num_outputs,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            pool=self.pool,
+            pool_size=self.pool_size,
+            hidden_sizes=self.hidden_sizes,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            norm=self.norm,
+        )
+
+
+class RnnModel(_Model):
+    name: Literal["rnn"] = Field(
+        description="Recurrent network for sequence classification and regression: stacked GRU or LSTM layers "
+        "over [N, T, F] (or [N, T], one feature per step), a dense layer on the last state."
+    )
+    cell: Literal["gru", "lstm"] = Field("gru", description="The recurrent cell (PyTorch's equations and gate order).")
+    hidden_size: PositiveInt = Field(64, description="State width of every layer.")
+    num_layers: PositiveInt = Field(1, description="Stacked recurrent layers.")
+    num_outputs: Optional[PositiveInt] = Field(None, description="Output width; null: inferred from the data.")
+    dropout_rate: Fraction = Field(0.0, description="Dropout after each recurrent layer.")
+
+    def build(self, num_outputs: int, input_shape: tuple[int, ...] = ()) -> nn.Module:
+        return nn.rnn(
+            self.num_outputs or num_outputs,
+            cell=self.cell,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            dropout_rate=self.dropout_rate,
         )
 
 
@@ -107,7 +163,14 @@ class TransformerLmModel(_Model):
         )
 
 
-MODEL_VARIANTS = {"mlp": MlpModel, "cnn": CnnModel, "resnet": ResnetModel, "transformer_lm": TransformerLmModel}
+MODEL_VARIANTS = {
+    "mlp": MlpModel,
+    "cnn": CnnModel,
+    "cnn1d": Cnn1dModel,
+    "rnn": RnnModel,
+    "resnet": ResnetModel,
+    "transformer_lm": TransformerLmModel,
+}
 
 
 class CustomModel(_Custom, _Model):

@@ -76,12 +76,17 @@ def _table(rows: list[str]) -> str:
 
 
 def _nested(prefix: str, fields: dict[str, FieldInfo], level: int) -> list[str]:
-    """The tables of the sections inside ``fields`` (a schedule inside the optimizer)."""
+    """The tables of the sections inside ``fields`` (a schedule, groups and reduce_on_plateau inside the optimizer)."""
     out = []
     for name, field in fields.items():
         variants = variants_of(field.metadata)
+        kind = field_kind(field.annotation, field.metadata)
         if variants is not None:
             out += _union(f"{prefix}{name}", variants, field.description, level)
+        elif kind[0] == "model":
+            out += _section(f"{prefix}{name}", kind[1], field, level)
+        elif kind[0] == "list" and kind[1][0] == "model":
+            out += _section(f"{prefix}{name}[]", kind[1][1], field, level)
     return out
 
 

@@ -214,6 +214,16 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _microbatches_divide_the_batch(self):
+        n, batch_size = self.optimizer.accumulate_steps, self.data.batch_size
+        if batch_size % n:
+            raise ValueError(
+                f"optimizer.accumulate_steps ({n}) must divide data.batch_size ({batch_size}) into equal "
+                f"microbatches; choose a batch size that is a multiple of {n}"
+            )
+        return self
+
     @property
     def metrics_to_report(self) -> dict[str, str]:
         """``{name in metrics.jsonl: metric name}``: ``metrics`` if set, else the loss's defaults.

@@ -15,6 +15,7 @@ from fntrain.data.sources import (
     make_regression,
     read_idx,
 )
+from fntrain.data.sequences import make_sequence_order
 from fntrain.data.splits import Splits, split_arrays, standardize
 from fntrain.data.text import decode, load_char_lm, unigram_baseline
 
@@ -34,6 +35,7 @@ __all__ = [
     "load_npz",
     "make_classification",
     "make_regression",
+    "make_sequence_order",
     "pad_batch",
     "pad_rows",
     "read_idx",

@@ -12,8 +12,10 @@ from fntrain.nn.core import Module, named_serial, output_shape, residual, serial
 from fntrain.nn.layers import (
     ACTIVATIONS,
     activation,
+    as_sequence,
     avg_pool,
     batch_norm,
+    conv1d,
     conv2d,
     dense,
     depthwise_conv2d,
@@ -27,24 +29,29 @@ from fntrain.nn.layers import (
     layer_norm,
     max_pool,
     relu,
+    reshape,
     rms_norm,
     sigmoid,
     softplus,
     tanh,
 )
-from fntrain.nn.models import cnn, mlp, resnet, transformer_lm
+from fntrain.nn.models import cnn, cnn1d, mlp, resnet, rnn, transformer_lm
 from fntrain.nn.precision import cast_floating, mixed_precision
+from fntrain.nn.recurrent import gru, lstm
 from fntrain.nn.summary import count_params, summary
 
 __all__ = [
     "ACTIVATIONS",
     "Module",
     "activation",
+    "as_sequence",
     "avg_pool",
     "basic_block",
     "batch_norm",
     "cast_floating",
     "cnn",
+    "cnn1d",
+    "conv1d",
     "conv2d",
     "count_params",
     "dense",
@@ -56,10 +63,12 @@ __all__ = [
     "gelu",
     "global_avg_pool",
     "group_norm",
+    "gru",
     "identity",
     "initializers",
     "layer_norm",
     "learned_position_embedding",
+    "lstm",
     "max_pool",
     "mixed_precision",
     "mlp",
@@ -67,8 +76,10 @@ __all__ = [
     "named_serial",
     "output_shape",
     "relu",
+    "reshape",
     "residual",
     "resnet",
+    "rnn",
     "rms_norm",
     "serial",
     "sigmoid",

@@ -7,7 +7,8 @@ float64 parameters, as gradient checks want) and float32 otherwise.
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Union
+import math
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +127,57 @@ def conv2d(
     return Module(init, apply, "conv2d")
 
 
+def conv1d(
+    features: int,
+    kernel_size: int = 3,
+    *,
+    strides: int = 1,
+    padding: str = "SAME",
+    use_bias: bool = True,
+    w_init: initializers.InitializerLike = "he_normal",
+    b_init: initializers.InitializerLike = "zeros",
+) -> Module:
+    """1-D convolution (cross-correlation) over sequences ``[N, L, C]`` (channels last).
+
+    Shapes: ``x: [N, L, C]`` -> ``y: [N, L', features]``; ``w: [k, C, features]``, ``b: [features]``;
+    ``L'`` as ``H'`` for :func:`conv2d`. It is :func:`conv2d_nhwc` on ``[N, L, 1, C]`` with a
+    ``(k, 1)`` kernel, so it takes the same per-platform kernel (im2col on XLA:CPU, XLA's
+    convolution elsewhere).
+
+    ``w`` defaults to He normal (variance ``2 / (k * C)``) and ``b`` to zeros, from two keys.
+    """
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"conv1d kernel_size must be a positive int, got {kernel_size!r}")
+    if not isinstance(strides, int) or strides < 1:
+        raise ValueError(f"conv1d strides must be a positive int, got {strides!r}")
+    padding = _check_padding(padding)
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def check(x):
+        if len(x.shape) != 3:
+            raise ValueError(
+                f"conv1d expects sequences [N, L, C], got shape {tuple(x.shape)}; for one channel use x[..., None]."
+            )
+
+    def init(key, x):
+        check(x)
+        dtype = _param_dtype(x)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (kernel_size, x.shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        check(x)
+        y = conv2d_nhwc(x[:, :, None, :], params["w"][:, None], (strides, 1), padding)[:, :, 0, :]
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Module(init, apply, "conv1d")
+
+
 def _xla_conv2d(x, w, strides: tuple[int, int], padding: str):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -209,46 +261,102 @@ def depthwise_conv2d(
 # --------------------------------------------------------------------------- pooling / reshape
 
 
-def _pool(name: str, window: IntOrPair, strides: IntOrPair | None, padding: str) -> tuple:
-    window = _pair(window, f"{name} window")
-    strides = window if strides is None else _pair(strides, f"{name} strides")
-    return (1, *window, 1), (1, *strides, 1), _check_padding(padding)
+def _pool(name: str, window: IntOrPair, strides: IntOrPair | None, padding: str) -> Callable:
+    """``dims(x) -> (window_dims, strides)`` for NHWC images or ``[N, L, C]`` sequences.
+
+    An int applies to every spatial axis; a pair is ``(h, w)`` and needs images.
+    """
+    if isinstance(window, int):
+        _pair(window, f"{name} window")
+    else:
+        window = _pair(window, f"{name} window")
+    if strides is not None and not isinstance(strides, int):
+        strides = _pair(strides, f"{name} strides")
+    elif strides is not None:
+        _pair(strides, f"{name} strides")
+    _check_padding(padding)
+
+    def spatial(v, rank: int, x) -> tuple:
+        if isinstance(v, int):
+            return (v,) * rank
+        if rank != 2:
+            raise ValueError(f"{name}: a {v} window is for images [N, H, W, C]; a sequence {tuple(x.shape)} takes an int")
+        return tuple(v)
+
+    def dims(x) -> tuple[tuple, tuple]:
+        rank = len(x.shape) - 2
+        if rank not in (1, 2):
+            raise ValueError(f"{name} expects [N, L, C] sequences or [N, H, W, C] images, got shape {tuple(x.shape)}")
+        w = spatial(window, rank, x)
+        s = w if strides is None else spatial(strides, rank, x)
+        return (1, *w, 1), (1, *s, 1)
+
+    return dims
 
 
 def max_pool(window: IntOrPair = 2, *, strides: IntOrPair | None = None, padding: str = "VALID") -> Module:
-    """Max over ``window`` patches of NHWC images; ``strides`` defaults to ``window``."""
-    dims, steps, padding = _pool("max_pool", window, strides, padding)
+    """Max over ``window`` patches of NHWC images or ``[N, L, C]`` sequences; ``strides``
+    defaults to ``window``. An int window applies to every spatial axis."""
+    dims = _pool("max_pool", window, strides, padding)
 
     def fn(x):
-        return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, padding)
+        return lax.reduce_window(x, -jnp.inf, lax.max, *dims(x), padding)
 
     return stateless(fn, "max_pool")
 
 
 def avg_pool(window: IntOrPair = 2, *, strides: IntOrPair | None = None, padding: str = "VALID") -> Module:
-    """Mean over ``window`` patches of NHWC images; ``strides`` defaults to ``window``.
+    """Mean over ``window`` patches of NHWC images or ``[N, L, C]`` sequences; ``strides``
+    defaults to ``window``.
 
     With ``"SAME"`` padding, border windows average only the real (unpadded) pixels.
     """
-    dims, steps, padding = _pool("avg_pool", window, strides, padding)
+    dims = _pool("avg_pool", window, strides, padding)
 
     def fn(x):
-        total = lax.reduce_window(x, 0.0, lax.add, dims, steps, padding)
+        window_dims, steps = dims(x)
+        total = lax.reduce_window(x, 0.0, lax.add, window_dims, steps, padding)
         if padding == "VALID":
-            return total / (dims[1] * dims[2])
-        count = lax.reduce_window(jnp.ones(x.shape[1:3], x.dtype), 0.0, lax.add, dims[1:3], steps[1:3], padding)
-        return total / count[None, :, :, None]
+            return total / math.prod(window_dims)
+        count = lax.reduce_window(jnp.ones(x.shape[1:-1], x.dtype), 0.0, lax.add, window_dims[1:-1], steps[1:-1], padding)
+        return total / count[None, ..., None]
 
     return stateless(fn, "avg_pool")
 
 
 def global_avg_pool() -> Module:
-    """Mean over the spatial axes: ``[N, H, W, C] -> [N, C]``."""
-    return stateless(lambda x: jnp.mean(x, axis=(1, 2)), "global_avg_pool")
+    """Mean over the spatial axes: ``[N, H, W, C] -> [N, C]`` (and ``[N, L, C] -> [N, C]``)."""
+    return stateless(lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), "global_avg_pool")
 
 
 # Flattens all but the batch axis: [N, ...] -> [N, prod(...)].
 flatten = stateless(lambda x: jnp.reshape(x, (x.shape[0], -1)), "flatten")
+
+
+def reshape(*shape: int) -> Module:
+    """Reshapes each example: ``[N, ...] -> [N, *shape]`` (one entry may be -1).
+
+    Example:
+      >>> reshape(28, 28, 1)   # [N, 784] -> [N, 28, 28, 1]
+    """
+    if not shape or any(not isinstance(d, int) or (d < 1 and d != -1) for d in shape) or list(shape).count(-1) > 1:
+        raise ValueError(f"reshape takes positive ints and at most one -1, got {shape!r}")
+    return stateless(lambda x: jnp.reshape(x, (x.shape[0], *shape)), "reshape")
+
+
+def _as_sequence(x):
+    if x.ndim < 2:
+        raise ValueError(f"as_sequence expects [N, T, ...] inputs, got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)  # integer values become one float feature each
+    if x.ndim == 2:
+        return x[..., None]
+    return jnp.reshape(x, (*x.shape[:2], -1))
+
+
+# Sequences for recurrent and 1-D conv layers: [N, T] -> [N, T, 1] (one feature per step),
+# [N, T, ...] -> [N, T, prod(...)] (e.g. the rows of an image as time steps); integers become floats.
+as_sequence = stateless(_as_sequence, "as_sequence")
 
 
 # --------------------------------------------------------------------------- regularisation

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from fntrain.nn import attention as A
 from fntrain.nn import initializers
 from fntrain.nn import blocks as B
 from fntrain.nn import layers as L
+from fntrain.nn import recurrent as R
 from fntrain.nn.core import Module, serial
+from fntrain.nn.layers import IntOrPair
 
 _NORMS = {"batch": L.batch_norm, "layer": L.layer_norm}
 
@@ -72,12 +74,49 @@ def mlp(
     return serial(*layers)
 
 
+def _conv_net(
+    conv: Callable[[int], Module],
+    channels: Sequence[int],
+    num_outputs: int,
+    *,
+    pool: Optional[str],
+    pool_size: IntOrPair,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    dropout_rate: float,
+    norm: Optional[str],
+    w_init,
+    first: Sequence[Module] = (),
+) -> Module:
+    """``first -> (conv -> [norm] -> activation -> [pool]) * len(channels) -> flatten -> mlp head``."""
+    if pool not in ("max", "avg", None):
+        raise ValueError(f"pool must be 'max', 'avg' or None, got {pool!r}")
+    act = L.activation(activation)
+    w_init, output_init = _kernel_inits(activation, w_init)
+    layers: list[Module] = list(first)
+    for c in channels:
+        layers += [conv(c, w_init), *_norm(norm), act]
+        if pool == "max":
+            layers.append(L.max_pool(pool_size, padding="SAME"))
+        elif pool == "avg":
+            layers.append(L.avg_pool(pool_size, padding="SAME"))
+    layers.append(L.flatten)
+    for width in hidden_sizes:
+        layers += [L.dense(width, w_init=w_init), act]
+        if dropout_rate:
+            layers.append(L.dropout(dropout_rate))
+    layers.append(L.dense(num_outputs, w_init=output_init))
+    return serial(*layers)
+
+
 def cnn(
     channels: Sequence[int],
     num_outputs: int,
     *,
-    kernel_size: int = 3,
+    kernel_size: IntOrPair = 3,
+    strides: IntOrPair = 1,
     pool: Optional[str] = "max",
+    pool_size: IntOrPair = 2,
     hidden_sizes: Sequence[int] = (128,),
     activation: str = "relu",
     dropout_rate: float = 0.0,
@@ -86,10 +125,11 @@ def cnn(
 ) -> Module:
     """A small convolutional network for NHWC images.
 
-    ``(conv -> [norm] -> activation -> [2x2 pool]) * len(channels) -> flatten -> mlp head``
+    ``(conv -> [norm] -> activation -> [pool]) * len(channels) -> flatten -> mlp head``
 
-    Pooling uses SAME padding, so odd sizes (7x7) shrink to ``ceil(H / 2)``.
-    Shapes: ``x: [N, H, W, C]`` -> ``[N, num_outputs]``.
+    Convolutions take ``kernel_size`` and ``strides`` (an int, or ``(h, w)`` for rectangular
+    ones); pooling takes ``pool_size`` windows (2x2 by default) with SAME padding, so odd sizes
+    (7x7) shrink to ``ceil(H / 2)``. Shapes: ``x: [N, H, W, C]`` -> ``[N, num_outputs]``.
 
     ``w_init`` is the initializer (or its name) of every kernel, convolutions included. ``None``
     chooses as :func:`mlp` does: He normal for the convolutions and hidden dense layers after
@@ -97,23 +137,78 @@ def cnn(
     the output layer (:func:`~fntrain.nn.conv2d` defaults to He normal, :func:`~fntrain.nn.dense`
     to LeCun normal).
     """
-    if pool not in ("max", "avg", None):
-        raise ValueError(f"cnn pool must be 'max', 'avg' or None, got {pool!r}")
-    act = L.activation(activation)
-    w_init, output_init = _kernel_inits(activation, w_init)
-    layers: list[Module] = []
-    for c in channels:
-        layers += [L.conv2d(c, kernel_size, w_init=w_init), *_norm(norm), act]
-        if pool == "max":
-            layers.append(L.max_pool(2, padding="SAME"))
-        elif pool == "avg":
-            layers.append(L.avg_pool(2, padding="SAME"))
-    layers.append(L.flatten)
-    for width in hidden_sizes:
-        layers += [L.dense(width, w_init=w_init), act]
+    return _conv_net(
+        lambda c, init: L.conv2d(c, kernel_size, strides=strides, w_init=init),
+        channels, num_outputs, pool=pool, pool_size=pool_size, hidden_sizes=hidden_sizes,
+        activation=activation, dropout_rate=dropout_rate, norm=norm, w_init=w_init,
+    )
+
+
+def cnn1d(
+    channels: Sequence[int],
+    num_outputs: int,
+    *,
+    kernel_size: int = 5,
+    strides: int = 1,
+    pool: Optional[str] = "max",
+    pool_size: int = 2,
+    hidden_sizes: Sequence[int] = (128,),
+    activation: str = "relu",
+    dropout_rate: float = 0.0,
+    norm: Optional[str] = None,
+    w_init: Optional[initializers.InitializerLike] = None,
+) -> Module:
+    """A small 1-D convolutional network for sequences, :func:`cnn` with :func:`~fntrain.nn.conv1d`.
+
+    ``as_sequence -> (conv1d -> [norm] -> activation -> [pool]) * len(channels) -> flatten -> mlp head``
+
+    Shapes: ``x: [N, L, C]`` (or ``[N, L]``, one channel) -> ``[N, num_outputs]``. ``w_init``
+    as for :func:`cnn`.
+    """
+    return _conv_net(
+        lambda c, init: L.conv1d(c, kernel_size, strides=strides, w_init=init),
+        channels, num_outputs, pool=pool, pool_size=pool_size, hidden_sizes=hidden_sizes,
+        activation=activation, dropout_rate=dropout_rate, norm=norm, w_init=w_init, first=[L.as_sequence],
+    )
+
+
+_CELLS = {"gru": R.gru, "lstm": R.lstm}
+
+
+def rnn(
+    num_outputs: int,
+    *,
+    cell: str = "gru",
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    dropout_rate: float = 0.0,
+) -> Module:
+    """A recurrent network for sequence classification and regression.
+
+    ``as_sequence -> (cell -> [dropout]) * num_layers -> dense``: stacked :func:`~fntrain.nn.gru`
+    or :func:`~fntrain.nn.lstm` layers (each but the last returning its whole sequence), and a
+    dense layer on the last layer's final state.
+
+    Shapes: ``x: [N, T, F]``, ``[N, T]`` (one feature per step) or ``[N, T, ...]`` (flattened per
+    step, e.g. image rows as time steps) -> ``[N, num_outputs]``.
+
+    Args:
+      num_outputs: width of the output layer (classes, or regression targets).
+      cell: ``"gru"`` or ``"lstm"``.
+      hidden_size: the state width ``H`` of every layer.
+      num_layers: stacked recurrent layers.
+      dropout_rate: dropout after each recurrent layer in training.
+    """
+    if cell not in _CELLS:
+        raise ValueError(f"rnn cell must be one of {sorted(_CELLS)}, got {cell!r}")
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"rnn num_layers must be a positive int, got {num_layers!r}")
+    layers: list[Module] = [L.as_sequence]
+    for i in range(num_layers):
+        layers.append(_CELLS[cell](hidden_size, return_sequences=i < num_layers - 1))
         if dropout_rate:
             layers.append(L.dropout(dropout_rate))
-    layers.append(L.dense(num_outputs, w_init=output_init))
+    layers.append(L.dense(num_outputs, w_init="glorot_uniform"))
     return serial(*layers)
 
 
