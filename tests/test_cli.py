@@ -852,8 +852,9 @@ SECTION_CLASSES = {
     if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__ and not name.startswith("_")
 }
 
-_DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "batch_size": 16,
-                "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False}
+_DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "standardize_targets": True,
+                "batch_size": 16, "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False,
+                "prefetch": 0}
 _OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>"}
 
 
@@ -866,12 +867,19 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "RegressionData": {"name": "regression", **_DATA_COMMON, "num_examples": 120, "num_features": 5,
                            "num_outputs": 2, "noise": 0.5},
         "NpzData": {"name": "npz", **_DATA_COMMON, "path": str(files / "d.npz"), "x_key": "inputs", "y_key": "labels"},
+        "NpyData": {"name": "npy", **_DATA_COMMON, "x_path": str(files / "x.npy"), "y_path": str(files / "y.npy"),
+                    "val_x_path": str(files / "val_x.npy"), "val_y_path": str(files / "val_y.npy"),
+                    "test_x_path": str(files / "test_x.npy"), "test_y_path": str(files / "test_y.npy")},
         "IdxData": {"name": "idx", **_DATA_COMMON, "images_path": str(files / "images.idx"),
-                    "labels_path": str(files / "labels.idx.gz")},
-        "CsvData": {"name": "csv", **_DATA_COMMON, "path": str(files / "d.csv"), "target_column": "label",
-                    "target_dtype": "float", "header": True, "delimiter": ";"},
+                    "labels_path": str(files / "labels.idx.gz"), "val_images_path": str(files / "val_images.idx"),
+                    "val_labels_path": str(files / "val_labels.idx"), "test_images_path": str(files / "test_images.idx"),
+                    "test_labels_path": str(files / "test_labels.idx")},
+        "CsvData": {"name": "csv", **_DATA_COMMON, "path": str(files / "d.csv"), "val_path": str(files / "d_val.csv"),
+                    "test_path": str(files / "d_test.csv"), "target_column": "label", "target_dtype": "float",
+                    "header": True, "delimiter": ";"},
         "CharLMData": {"name": "charlm", "val_fraction": 0.2, "batch_size": 16, "eval_batch_size": 32, "shuffle": False,
-                       "drop_last": True, "on_device": False, "seq_len": 16, "stride": 8, "max_chars": 4000},
+                       "drop_last": True, "on_device": False, "prefetch": 0, "seq_len": 16, "stride": 8,
+                       "max_chars": 4000},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
                        "kwargs": {"num_examples": 120, "num_features": 5}},
         "MlpModel": {"name": "mlp", "hidden_sizes": [16, 8], "num_outputs": 4, "activation": "gelu",
@@ -927,8 +935,11 @@ NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
-    "DigitsData", "ClassificationData", "RegressionData", "NpzData", "IdxData", "CsvData", "CharLMData", "CustomData"
+    "DigitsData", "ClassificationData", "RegressionData", "NpzData", "NpyData", "IdxData", "CsvData", "CharLMData",
+    "CustomData",
 )
+# Sources whose every split comes from its own files in the table above: (val, test) rows.
+FIXED_SPLIT_ROWS = {"NpyData": (30, 20), "IdxData": (30, 20), "CsvData": (30, 20)}
 MODEL_CLASSES = ("MlpModel", "CnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
 OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer")
@@ -962,10 +973,15 @@ def section_values(files: Path, data: str, model: str, **variants: str) -> dict[
 def write_data_files(d: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(d / "d.npz", inputs=rng.normal(size=(120, 5)).astype(np.float32), labels=np.arange(120) % 3)
-    write_idx(d / "images.idx", rng.integers(0, 256, size=(120, 8, 8)).astype(np.uint8), gz=False)
-    write_idx(d / "labels.idx.gz", (np.arange(120) % 10).astype(np.uint8), gz=True)
-    rows = ["a;label;b"] + [f"{a:.4f};{a - b:.4f};{b:.4f}" for a, b in rng.normal(size=(120, 2))]
-    (d / "d.csv").write_text("\n".join(rows) + "\n")
+    for prefix, n in (("", 120), ("val_", 30), ("test_", 20)):
+        np.save(d / f"{prefix}x.npy", rng.normal(size=(n, 5)).astype(np.float32))
+        np.save(d / f"{prefix}y.npy", (np.arange(n) % 3).astype(np.int64))
+        images = "images.idx" if not prefix else f"{prefix}images.idx"
+        labels = "labels.idx.gz" if not prefix else f"{prefix}labels.idx"
+        write_idx(d / images, rng.integers(0, 256, size=(n, 8, 8)).astype(np.uint8), gz=False)
+        write_idx(d / labels, (np.arange(n) % 10).astype(np.uint8), gz=not prefix)
+        rows = ["a;label;b"] + [f"{a:.4f};{a - b:.4f};{b:.4f}" for a, b in rng.normal(size=(n, 2))]
+        (d / f"d{'_' + prefix[:-1] if prefix else ''}.csv").write_text("\n".join(rows) + "\n")
 
 
 def assert_section_holds(section: BaseModel, values: dict, where: str) -> None:
@@ -1022,6 +1038,8 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
         return
     n = 1797 if data == "DigitsData" else 120
     n_val, n_test = round(0.2 * n), round(0.15 * n)
+    if data in FIXED_SPLIT_ROWS:  # the files' own splits; the fractions apply to none
+        (n_val, n_test), n = FIXED_SPLIT_ROWS[data], n + sum(FIXED_SPLIT_ROWS[data])
     assert (len(splits.val.y), len(splits.test.y), len(splits.train.y)) == (n_val, n_test, n - n_val - n_test)
     if data == "CsvData":
         assert splits.train.x.shape[1:] == (2,) and splits.train.y.shape[1:] == (1,)
@@ -1034,8 +1052,13 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
         assert splits.train.x.shape[1:] == (5,) and splits.train.y.ndim == 1
     if data == "IdxData":
         assert splits.train.x.shape[1:] == (8, 8, 1)
+    if data == "NpyData":  # read a batch at a time: the splits are views of the files
+        from fntrain.data import is_lazy
+
+        assert is_lazy(splits.train.x) and is_lazy(splits.val.x) and splits.train.x.shape[1:] == (5,)
     # standardize: true -> training features have mean 0 (float32 over <= 1258 rows: 1e-4).
-    assert np.abs(splits.train.x.reshape(len(splits.train.x), -1).mean(axis=0)).max() < 1e-4
+    train_x = np.asarray(splits.train.x)
+    assert np.abs(train_x.reshape(len(train_x), -1).mean(axis=0)).max() < 1e-4
 
 
 @pytest.mark.parametrize("model", MODEL_CLASSES)
@@ -1101,6 +1124,7 @@ MINIMAL_SECTIONS = {
     "ClassificationData": ("data", {"name": "classification"}),
     "RegressionData": ("data", {"name": "regression"}),
     "NpzData": ("data", {"name": "npz", "path": "x.npz"}),
+    "NpyData": ("data", {"name": "npy", "x_path": "x.npy", "y_path": "y.npy"}),
     "IdxData": ("data", {"name": "idx", "images_path": "i", "labels_path": "l"}),
     "CsvData": ("data", {"name": "csv", "path": "x.csv"}),
     "CustomData": ("data", {"name": "fntrain.data:make_classification"}),
