@@ -93,7 +93,17 @@ def check_outputs(net: nn.Module, params, model_state, splits: data_lib.Splits, 
         high = data_lib.label_range(y)[1]
         if high >= outputs:
             raise data_lib.DataError(
-                f"{config.data.name}: the {name} split has label {high}, but model {config.model.name!r} has "
-                f"{outputs} outputs; expected labels 0..{outputs - 1}: give the model {high + 1} outputs or remap "
-                "the labels"
+                f"{_labels_file(config.data, name)}: the {name} split has label {high}, but model "
+                f"{config.model.name!r} has {outputs} outputs; expected labels 0..{outputs - 1}: give the model "
+                f"{high + 1} outputs or remap the labels"
             )
+
+
+def _labels_file(data_config, split: str) -> str:
+    """Where a split's labels come from, for messages: its file, else the dataset's name."""
+    prefix = "" if split == "train" else f"{split}_"
+    for field in (f"{prefix}y_path", f"{prefix}labels_path", f"{prefix}path", "y_path", "labels_path", "path"):
+        value = getattr(data_config, field, None)
+        if value:
+            return value
+    return f"dataset {data_config.name!r}"

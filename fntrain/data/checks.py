@@ -17,7 +17,7 @@ blocks, never loaded whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -45,12 +45,15 @@ class Part(NamedTuple):
       x_name: the inputs as a message names them, e.g. ``"data/d.npz: array 'x_test'"``.
       y_name: the targets likewise.
       row_name: ``row_name(i)`` names row ``i`` (``"row 17"``; a CSV file: ``"line 19"``).
+      x_columns: names of the columns of 2-D inputs ``[N, F]`` (a CSV file's header);
+        None: elements are named by their index.
     """
 
     arrays: Arrays
     x_name: str
     y_name: str
     row_name: Callable[[int], str] = row_name
+    x_columns: Optional[Sequence[str]] = None
 
 
 class Targets(NamedTuple):
@@ -68,18 +71,25 @@ class Targets(NamedTuple):
     num_classes: Optional[int] = None
 
 
-def _first_bad(block: np.ndarray, bad: np.ndarray) -> tuple[int, tuple, object]:
-    """(row in block, element index within the row, value) of the first True in ``bad``."""
+def _first_bad(block: np.ndarray, bad: np.ndarray) -> tuple[int, tuple, str]:
+    """(row in block, element index within the row, value as text) of the first True in ``bad``."""
     flat = int(np.flatnonzero(bad.reshape(-1))[0])
     where = np.unravel_index(flat, bad.shape)
-    return int(where[0]), tuple(int(i) for i in where[1:]), block[where].item()
+    return int(where[0]), tuple(int(i) for i in where[1:]), str(block[where])  # str: 2.7, not 2.700000047683716
 
 
-def _at(part_row: Callable[[int], str], row: int, element: tuple) -> str:
-    return part_row(row) + (f", element {element if len(element) > 1 else element[0]}" if element else "")
+def _at(part_row: Callable[[int], str], row: int, element: tuple, columns: Optional[Sequence[str]] = None) -> str:
+    if not element:
+        return part_row(row)
+    if columns is not None and len(element) == 1:
+        return f"{part_row(row)}, column {columns[element[0]]}"
+    return f"{part_row(row)}, element {element if len(element) > 1 else element[0]}"
 
 
-def check_array(a, name: str, row: Callable[[int], str] = row_name, *, what: str = "examples") -> None:
+def check_array(
+    a, name: str, row: Callable[[int], str] = row_name, *, what: str = "examples",
+    columns: Optional[Sequence[str]] = None,
+) -> None:
     """Refuses an empty, non-numeric or non-finite array ``a [N, ...]`` named ``name``.
 
     Raises:
@@ -102,7 +112,7 @@ def check_array(a, name: str, row: Callable[[int], str] = row_name, *, what: str
         if bad.any():
             r, element, value = _first_bad(block, bad)
             raise DataError(
-                f"{name}: {_at(row, start + r, element)}: value {value}; expected finite {what} "
+                f"{name}: {_at(row, start + r, element, columns)}: value {value}; expected finite {what} "
                 "(no NaN or inf): drop or impute that row"
             )
         start += len(block)
@@ -123,7 +133,7 @@ def label_range(y) -> tuple[int, int]:
     return lo, hi
 
 
-def _first_row(y, bad: Callable[[np.ndarray], np.ndarray]) -> tuple[int, tuple, object]:
+def _first_row(y, bad: Callable[[np.ndarray], np.ndarray]) -> tuple[int, tuple, str]:
     """The first row of ``y`` (in order) where ``bad(block)`` is True, read block by block."""
     start = 0
     for block in _in_order(y):
@@ -161,8 +171,8 @@ def check_labels(y, name: str, row: Callable[[int], str], targets: Targets):
         if fractional:
             r, element, value = _first_row(y, lambda b: b != np.round(b))
             raise DataError(
-                f"{name}: {_at(row, r, element)}: label {value}; the loss ({targets.kind}) needs integer class "
-                "labels 0..C-1: store them as integers, or use a regression loss (loss.name: mse)"
+                f"{name}: {_at(row, r, element)}: label {value}; a classification loss needs whole-number "
+                "class labels 0..C-1: store them as integers, or use a regression loss (loss.name: mse)"
             )
     lo, hi = label_range(y)
     limit = 2 if targets.kind == "binary" else targets.num_classes
@@ -209,7 +219,7 @@ def check_part(part: Part, targets: Targets = Targets()) -> Part:
       DataError: the first problem found, naming the array and the row.
     """
     x, y = part.arrays
-    check_array(x, part.x_name, part.row_name, what="inputs")
+    check_array(x, part.x_name, part.row_name, what="inputs", columns=part.x_columns)
     check_array(y, part.y_name, part.row_name, what="targets")
     if not is_label_array(y, targets):
         return part

@@ -172,11 +172,11 @@ def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> 
     if labels.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
         if len(bad):
-            raise DataError(f"{labels_path}: row {bad[0]}: label {labels[bad[0]]}; expected whole-number class "
+            raise DataError(f"{labels_path}: row {bad[0]}: label {labels[bad[0]]!s}; expected whole-number class "
                             "labels (this file stores floats, which would be truncated)")
         if len(labels) and np.abs(labels).max() >= 2**31:
             r = int(np.argmax(np.abs(labels)))
-            raise DataError(f"{labels_path}: row {r}: label {labels[r]}; expected class labels below 2**31")
+            raise DataError(f"{labels_path}: row {r}: label {labels[r]!s}; expected class labels below 2**31")
     x = images.astype(np.float32)
     if images.dtype == np.uint8:
         x /= 255.0

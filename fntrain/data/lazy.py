@@ -119,6 +119,9 @@ def _open_map(path: str) -> np.memmap:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "mmap length is greater than file size" in detail:
+            raise DataError(f"{path}: truncated: the file is shorter than the array its header declares; write it "
+                            "again with np.save") from None
         raise DataError(f"{path}: could not be read as a .npy file without pickle ({detail}); expected an array "
                         f"written by np.save") from None
     if not isinstance(mapped, np.memmap):

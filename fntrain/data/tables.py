@@ -117,8 +117,9 @@ def csv_part(
         y = target.astype(np.int32)
     else:
         y = target.astype(np.float32)[:, None]
-    column = f"column {names[t]!r}" if names is not None else f"column {t + 1}"
-    return Part(Arrays(x, y), f"{path}: feature columns", f"{path}: {column}", lambda r: f"line {lines[r]}")
+    columns = [f"{j + 1} ({names[j]!r})" if names is not None else f"{j + 1}" for j in range(width) if j != t]
+    target = f"column {t + 1} ({names[t]!r})" if names is not None else f"column {t + 1}"
+    return Part(Arrays(x, y), path, f"{path}: {target}", lambda r: f"line {lines[r]}", columns)
 
 
 def load_csv(
