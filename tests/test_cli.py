@@ -438,6 +438,8 @@ BAD_DATA_CASES = {
     "user-dataset-strings": Bad({"data": {"name": "text_rows:make"}},
                                 setup=_user_dataset("text_rows", "    return np.array([['a', 'b']] * 20), np.arange(20) % 2\n"),
                                 needles=("dataset 'text_rows:make'", ": x", "text")),
+    "standardize-targets-on-labels": Bad(args=("data.standardize_targets=true",),
+                                         needles=("data.standardize_targets", "int32", "softmax_cross_entropy")),
     "user-dataset-bad-split-name": Bad({"data": {"name": "split_names:make"}},
                                        setup=_user_dataset("split_names", "    x = np.ones((20, 3))\n"
                                                            "    return {'train': (x, np.arange(20) % 2), 'tst': (x, x)}\n"),
