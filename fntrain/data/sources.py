@@ -19,8 +19,9 @@ class Arrays(NamedTuple):
     """A dataset as a pair of aligned arrays.
 
     Attributes:
-        x: [N, ...] inputs.
-        y: [N, ...] targets.
+        x: [N, ...] inputs: a NumPy array, or a ``fntrain.data.RowView`` of a file read a
+            batch at a time (``x[rows]`` and ``x[a:b]`` give NumPy arrays either way).
+        y: [N, ...] targets, likewise.
     """
 
     x: np.ndarray

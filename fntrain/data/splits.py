@@ -53,7 +53,8 @@ def split_arrays(
         key: JAX PRNG key, e.g. `jax.random.key(0)`.
 
     Returns:
-        Splits; a fraction of 0 gives None for that split.
+        Splits; a fraction of 0 gives None for that split. Arrays in memory are copied;
+        ``RowView`` s of a file become views of the chosen rows (nothing is read).
 
     Raises:
         DataError: invalid fractions, or a split that would leave train empty
