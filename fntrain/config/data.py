@@ -68,9 +68,12 @@ class _DataCommon(_Batching):
             raise ValueError("test_fraction: val_fraction + test_fraction must be below 1 so that training data remains")
         return self
 
+    # A source defines one of `load` (all its examples) or `parts` (its splits).
+
     def load(self, seed: int) -> data_lib.Arrays:
-        """All the examples, before splitting; generated sources draw from ``seed``."""
-        raise NotImplementedError
+        """The training examples, before splitting (all of them for a source without splits);
+        generated sources draw from ``seed``."""
+        return self.parts(seed)["train"].arrays
 
     def parts(self, seed: int) -> dict[str, data_lib.Part]:
         """The splits the source gives, ``{"train": Part, "val"?: Part, "test"?: Part}``."""
@@ -281,9 +284,6 @@ class CustomData(_DataCommon, _Custom):
                 "'val' and 'test'"
             )
         return {split: _user_part(out[split], f"{label} ({split} split)") for split in SPLITS if out.get(split) is not None}
-
-    def load(self, seed: int) -> data_lib.Arrays:
-        return self.parts(seed)["train"].arrays
 
 
 def _user_part(value, label: str) -> data_lib.Part:

@@ -184,7 +184,7 @@ def check_labels(y, name: str, row: Callable[[int], str], targets: Targets):
         raise DataError(
             f"{name}: {_at(row, r, element)}: label {value}; expected labels 0..{limit - 1} "
             + ("for a binary loss" if targets.kind == "binary" else f"(the model has {limit} outputs): "
-               "set model.num_outputs to null to infer it from the labels, or remap them")
+               "set model.num_outputs (vocab_size) to null to infer it from the labels, or remap them")
         )
     if limit is None and hi + 1 > MAX_INFERRED_CLASSES:
         r, element, value = _first_row(y, lambda b: b >= MAX_INFERRED_CLASSES)
