@@ -7,7 +7,7 @@ functions are the stable entry points the loop and the CLI call.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import jax
 import numpy as np
@@ -16,17 +16,34 @@ import optax
 from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
+from fntrain.errors import ConfigError
 from fntrain.registry import call_user  # noqa: F401 - re-exported: user code calls builders.call_user
 
-__all__ = ["build_data", "build_loss", "build_model", "build_optimizer", "build_schedule", "call_user", "infer_num_outputs"]
+__all__ = [
+    "build_data", "build_loss", "build_model", "build_optimizer", "build_schedule", "call_user", "data_targets",
+    "infer_num_outputs",
+]
 
 
-def build_data(c: cfg.DataConfig, *, seed: int, key: jax.Array) -> data_lib.Splits:
-    """Loads, splits (with ``key``) and optionally standardizes the configured dataset.
+def build_data(
+    c: cfg.DataConfig, *, seed: int, key: jax.Array, targets: Optional[data_lib.Targets] = None
+) -> data_lib.Splits:
+    """Loads, checks, splits (with ``key``) and optionally standardizes the configured dataset.
 
     Float targets of shape ``[N]`` become ``[N, 1]`` so they match a network's ``[N, 1]`` output.
+    ``targets`` (``data_targets(config)``) says which label checks apply; None: none.
     """
-    return c.build(seed=seed, key=key)
+    return c.build(seed=seed, key=key, targets=targets)
+
+
+def data_targets(config: cfg.Config) -> data_lib.Targets:
+    """What the config's loss and model ask of the targets, for the data checks: class labels
+    (below ``model.num_outputs`` when it is set), binary labels, or anything (a regression
+    loss, or an objective, whose use of the targets is its own)."""
+    if config.objective is not None:
+        return data_lib.Targets()
+    fixed = getattr(config.model, "num_outputs", None) or getattr(config.model, "vocab_size", None)
+    return data_lib.Targets(kind=config.loss.targets, num_classes=fixed if config.loss.targets == "classes" else None)
 
 
 def infer_num_outputs(splits: data_lib.Splits, loss: Union[cfg.LossConfig, str]) -> int:
@@ -42,7 +59,15 @@ def infer_num_outputs(splits: data_lib.Splits, loss: Union[cfg.LossConfig, str])
     if np.issubdtype(splits.train.x.dtype, np.integer):  # token ids: outputs cover inputs and targets
         ys += [s.x for s in splits if s is not None]
     if np.issubdtype(ys[0].dtype, np.integer):
-        return int(max(y.max() for y in ys)) + 1 if class_logits else 1
+        if not class_logits:
+            return 1
+        count = max(data_lib.label_range(y)[1] for y in ys) + 1  # read in blocks: data on disk stays there
+        if count > data_lib.MAX_INFERRED_CLASSES:
+            raise ConfigError(
+                f"the data's integer ids reach {count - 1}: inferring one output per id would give {count:,} outputs, "
+                f"above the {data_lib.MAX_INFERRED_CLASSES:,} inferred at most; set model.num_outputs (or vocab_size)"
+            )
+        return int(count)
     return int(ys[0].shape[-1]) if ys[0].ndim > 1 else 1
 
 

@@ -37,6 +37,7 @@ def dispatches(
     rows_only: bool = False,
     pad_to: Optional[int] = None,
     put: Optional[Callable[[Any], Any]] = None,
+    gather: Optional[Callable[[np.ndarray], Any]] = None,
 ) -> Iterator[Dispatch]:
     """The run's dispatches from ``start_step`` to ``cadence.total_steps``.
 
@@ -52,21 +53,24 @@ def dispatches(
         ``rows`` or, with ``pad_to``, ``(rows, weights)``.
       pad_to: the batch size to pad to (``data.pad_batch``); None: no padding and no weights.
       put: places a host batch on the devices (not called for rows).
+      gather: ``gather(rows) -> batch``, the host batch of a step's rows ``[B]``; None: the
+        whole batch, padded to ``pad_to`` (``data.gather_batch``). A multi-process run gives
+        one that reads only this process's rows.
     """
+    if gather is None:
+        gather = lambda rows: data_lib.gather_batch(iterator.arrays, rows, pad_to=pad_to)  # noqa: E731
     fused = steps_per_dispatch > 1
     step = start_step
     while step < cadence.total_steps:
         count = cadence.steps_to_event(step, steps_per_dispatch)
         if pad_to is None:
             count = max(1, min(count, iterator.full_batches_left))
+        rows = [iterator.next_indices() for _ in range(count)]
+        examples = sum(len(r) for r in rows)
         if rows_only:
-            rows = [iterator.next_indices() for _ in range(count)]
-            examples = sum(len(r) for r in rows)
             steps = [data_lib.pad_rows(r, pad_to) for r in rows] if pad_to else [r.astype(np.int32) for r in rows]
         else:
-            steps = [next(iterator) for _ in range(count)]
-            examples = sum(len(b[0]) for b in steps)
-            steps = [data_lib.pad_batch(b, pad_to) for b in steps] if pad_to else steps
+            steps = [gather(r) for r in rows]
         batch = jax.tree.map(lambda *b: np.stack(b), *steps) if fused else steps[0]
         if put is not None and not rows_only:
             batch = put(batch)

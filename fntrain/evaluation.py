@@ -93,5 +93,7 @@ def evaluate(
       {'r2': 0.93, 'mae': 0.21, 'loss': 0.07}
     """
     x, y = data
+    # Arrays read from disk stay views: each batch reads its own rows.
+    x, y = (a if data_lib.is_lazy(a) else np.asarray(a) for a in (x, y))
     ts = TrainState(jnp.zeros((), jnp.int32), params, model_state, None, jax.random.key(0))
-    return evaluate_arrays(make_eval_stats_step(loss_fn), ts, data_lib.Arrays(np.asarray(x), np.asarray(y)), batch_size)
+    return evaluate_arrays(make_eval_stats_step(loss_fn), ts, data_lib.Arrays(x, y), batch_size)

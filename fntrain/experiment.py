@@ -11,6 +11,7 @@ from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import nn
+from fntrain import targets as targets_lib
 from fntrain.errors import ConfigError
 from fntrain.metrics import METRICS
 from fntrain.registry import call_user, lookup
@@ -44,16 +45,25 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
     return dict(zip(names, jax.random.split(jax.random.key(seed), len(names))))
 
 
+def build_splits(config: cfg.Config) -> data_lib.Splits:
+    """The checked train/val/test splits of a run (``fntrain.data.load_splits`` is this)."""
+    key = seed_keys(config.seed)["split"]
+    return builders.build_data(config.data, seed=config.seed, key=key, targets=builders.data_targets(config))
+
+
 def build_experiment(config: cfg.Config) -> Experiment:
     """Builds data, network and loss, and initialises parameters.
 
     Raises:
       ConfigError: the data does not fit the network or the loss.
+      DataError: bad data (``fntrain.data.check_part``).
     """
     keys = seed_keys(config.seed)
-    splits = builders.build_data(config.data, seed=config.seed, key=keys["split"])
+    splits = build_splits(config)
     num_outputs = builders.infer_num_outputs(splits, config.loss)
     net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+    if getattr(config.data, "standardize_targets", False):
+        net = targets_lib.standardized_outputs(net, splits.train.y, config)
     if config.precision != "float32":
         net = nn.mixed_precision(net, config.precision)
     loss, loss_fn = build_objective(config, net)
@@ -69,6 +79,7 @@ def build_experiment(config: cfg.Config) -> Experiment:
             f"model {config.model.name!r} with {objective}: {detail}"
         ) from None
     _check_loss_fn(shapes, objective)
+    targets_lib.check_outputs(net, params, model_state, splits, config)
     if config.log.layer_stats and net.name != "serial":
         raise ConfigError(
             f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "

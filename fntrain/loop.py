@@ -15,6 +15,7 @@ would, bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import sys
 import time
@@ -36,12 +37,12 @@ from fntrain.checkpoint import Checkpointer, param_shapes
 from fntrain.dispatch import Dispatch, dispatches
 from fntrain.early_stopping import EarlyStopping
 from fntrain.errors import ConfigError
-from fntrain.evaluation import evaluate_arrays, make_eval_stats_step
+from fntrain.evaluation import evaluate_arrays, make_eval_stats_step, reduce_batches
 from fntrain.experiment import Experiment, build_experiment, metric_names
 from fntrain.guards import CompileGuard, check_donation
 from fntrain.layer_grads import layer_stats
 from fntrain.opening import Opening, open_run, prepare
-from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, process_rows, to_host
+from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, to_host
 from fntrain.progress import Progress
 from fntrain.rundir import HISTORY, RunDir
 from fntrain.signals import Interrupted
@@ -282,12 +283,27 @@ def _stop_if_signalled(guard: signals.SignalGuard, state: str) -> None:
 
 def _steps(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: signals.SignalGuard) -> TrainState:
     """Dispatches until the end of the run, early stopping or a signal, handling each event."""
-    k = run.config.loop.steps_per_dispatch
-    put = None if run.resident is not None else lambda b: run.placement.global_batch(_rows_of_process(b, k > 1))
-    upcoming = dispatches(
-        run.iterator, run.cadence, loop.step, steps_per_dispatch=k, rows_only=run.resident is not None,
-        pad_to=run.config.data.batch_size if run.pad else None, put=put,
+    with _upcoming(run, loop) as upcoming:
+        return _run_dispatches(run, ts, loop, clock, guard, upcoming)
+
+
+def _upcoming(run: _Run, loop: LoopState):
+    """The run's dispatches from ``loop.step``; host batches read (only this process's rows),
+    padded and placed by a thread ``data.prefetch`` dispatches ahead."""
+    dc, resident = run.config.data, run.resident is not None
+    pad_to = dc.batch_size if run.pad else None
+    gather = None if resident else functools.partial(
+        data_lib.gather_batch, run.exp.splits.train, pad_to=pad_to,
+        process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    upcoming = dispatches(
+        run.iterator, run.cadence, loop.step, steps_per_dispatch=run.config.loop.steps_per_dispatch,
+        rows_only=resident, pad_to=pad_to, put=None if resident else run.placement.global_batch, gather=gather,
+    )
+    return data_lib.prefetch(upcoming, 0 if resident else dc.prefetch)
+
+
+def _run_dispatches(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: signals.SignalGuard, upcoming):
     throttle = run.placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
     first, pending = True, next(upcoming, None)
     while pending is not None:
@@ -404,11 +420,30 @@ def _evaluate(run: _Run, ts: TrainState, loop: LoopState, split: str) -> dict[st
     batch_size = _eval_batch_size(run.config, run.placement.num_devices if run.pad else 1)
     results = {}
     for name, state in [(split, ts)] + ([(f"{split}_ema", _with_ema(ts))] if run.ema else []):
-        metrics = evaluate_arrays(run.eval_step, state, arrays, batch_size, run.placement.put_batch, pad=run.pad)
+        if run.pad:
+            with data_lib.prefetch(_eval_batches(run, arrays, batch_size), _eval_prefetch(run, arrays)) as batches:
+                metrics = reduce_batches(run.eval_step, state, batches)
+        else:
+            metrics = evaluate_arrays(run.eval_step, state, arrays, batch_size, run.placement.put_batch, pad=False)
         run.callbacks.on_log(loop.step, name, {"epoch": run.cadence.epoch(loop.step), **metrics})
         run.callbacks.on_eval(loop.step, name, metrics, state)
         loop.final[name] = results[name] = metrics
     return results
+
+
+def _eval_batches(run: _Run, arrays: data_lib.Arrays, batch_size: int):
+    """The split in order, padded batches of ``batch_size`` placed on the mesh; each process
+    reads only its own rows of each batch."""
+    n, index, count = arrays.num_examples, jax.process_index(), jax.process_count()
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        local = data_lib.gather_batch(arrays, rows, pad_to=batch_size, process_index=index, process_count=count)
+        yield run.placement.global_batch(local)
+
+
+def _eval_prefetch(run: _Run, arrays: data_lib.Arrays) -> int:
+    """Evaluation batches read from disk are prefetched like training batches; in memory, not."""
+    return run.config.data.prefetch if data_lib.is_lazy(arrays.x) or data_lib.is_lazy(arrays.y) else 0
 
 
 def _evaluate_val(run: _Run, ts: TrainState, loop: LoopState) -> TrainState:
@@ -763,22 +798,20 @@ def _batch_size_changed(lead: int):
 
 def _resident_train_data(dc, train: data_lib.Arrays, placement: Placement):
     """``(x, y)`` of ``train`` placed on every device of the mesh, or None where the data stays
-    on the host (``data.on_device``)."""
+    on the host (``data.on_device``; by default data read from disk, ``RowView`` s, stays there
+    whatever its size)."""
     size = train.x.nbytes + train.y.nbytes
+    on_disk = data_lib.is_lazy(train.x) or data_lib.is_lazy(train.y)
     if dc.on_device is None:
-        on_device = jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES
+        on_device = jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES and not on_disk
     elif dc.on_device and jax.process_count() > 1:
         raise ConfigError("data.on_device: true needs a single process (each process feeds its own rows); set it to null")
     else:
         on_device = dc.on_device
-    return jax.device_put((train.x, train.y), placement.replicated) if on_device else None
-
-
-def _rows_of_process(batch, fused_batch: bool):
-    """This process's rows of a global batch (axis 1 of each leaf when fused steps stack ``[K, B, ...]``)."""
-    if not fused_batch:
-        return process_rows(batch)
-    return jax.tree.map(lambda a: np.swapaxes(process_rows(np.swapaxes(a, 0, 1)), 0, 1), batch)
+    if not on_device:
+        return None
+    # on_device: true for data read from disk reads it whole, as asked.
+    return jax.device_put((np.asarray(train.x), np.asarray(train.y)), placement.replicated)
 
 
 def _check_divisible(placement: Placement, dc, num_train: int, pad: bool) -> None:

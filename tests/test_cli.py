@@ -317,6 +317,136 @@ def _a_directory(d: Path):
     (d / "adir.yaml").mkdir()
 
 
+# Bad data: each writes its files into the case's directory. Inputs [20, 3] with 2 classes
+# unless a case says otherwise; row 3 (or line 4 of a CSV) holds the bad value.
+def _npz_case(name: str = "d.npz", **overrides):
+    def setup(d: Path):
+        rng = np.random.default_rng(0)
+        arrays = {"x": rng.normal(size=(20, 3)).astype(np.float32), "y": (np.arange(20) % 2).astype(np.int32)}
+        for key, edit in overrides.items():
+            arrays[key] = edit(arrays.get(key, arrays["x" if key.startswith("x") else "y"]).copy())
+        np.savez(d / name, **arrays)
+    return setup
+
+
+def _at_row_3(value):
+    def edit(a):
+        a = a.astype(np.float64) if isinstance(value, float) and a.dtype.kind != "f" else a
+        a[(3,) + (1,) * (a.ndim - 1)] = value
+        return a
+    return edit
+
+
+def _npz_file(data: bytes):
+    return lambda d: (d / "d.npz").write_bytes(data)
+
+
+def _npy_case(d: Path, x_edit=None, y_edit=None):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)).astype(np.float32), (np.arange(20) % 2).astype(np.int64)
+    np.save(d / "x.npy", x_edit(x) if x_edit else x)
+    np.save(d / "y.npy", y_edit(y) if y_edit else y)
+
+
+def _csv_case(text: bytes):
+    return lambda d: (d / "d.csv").write_bytes(text)
+
+
+def _idx_float_labels(d: Path):
+    write_idx(d / "images", np.zeros((20, 4, 4), np.uint8), gz=False)
+    labels = (np.arange(20) % 2).astype(">f4")
+    labels[3] = 2.7
+    header = struct.pack(">HBB", 0, 0x0D, 1) + struct.pack(">I", 20)
+    (d / "labels").write_bytes(header + labels.tobytes())
+
+
+def _idx_gzip_bomb(d: Path):
+    """Labels whose header declares 20 bytes but whose gzip stream inflates to 256 MB."""
+    write_idx(d / "images", np.zeros((20, 4, 4), np.uint8), gz=False)
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    header = struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 20)
+    chunks = [packer.compress(header)] + [packer.compress(bytes(1 << 20)) for _ in range(256)] + [packer.flush()]
+    (d / "labels.gz").write_bytes(b"".join(chunks))
+
+
+def _user_dataset(module: str, body: str):
+    def setup(d: Path):
+        (d / f"{module}.py").write_text("import numpy as np\n\ndef make():\n" + body)
+    return setup
+
+
+_NPZ = {"name": "npz", "path": "d.npz", "batch_size": 8}
+_NPY = {"name": "npy", "x_path": "x.npy", "y_path": "y.npy", "batch_size": 8}
+_CSV = {"name": "csv", "path": "d.csv", "batch_size": 8}
+_CSV_ROWS = b"a,b,label\n" + b"".join(b"%d.5,%d,%d\n" % (i, -i, i % 2) for i in range(12))
+BAD_DATA_CASES = {
+    # NaN and inf, in inputs and targets, from every kind of source
+    "npz-nan-input": Bad({"data": _NPZ}, setup=_npz_case(x=_at_row_3(np.nan)),
+                         needles=("d.npz", "array 'x'", "row 3", "nan")),
+    "npz-inf-in-test-split": Bad({"data": _NPZ}, setup=_npz_case(x_test=_at_row_3(np.inf), y_test=lambda y: y),
+                                 needles=("d.npz", "array 'x_test'", "row 3", "inf")),
+    "npz-nan-regression-target": Bad({"data": _NPZ, "loss": {"name": "mse"}},
+                                     setup=_npz_case(y=lambda y: _at_row_3(np.nan)(y.astype(np.float32))),
+                                     needles=("d.npz", "array 'y'", "row 3", "nan")),
+    "npy-nan-input": Bad({"data": _NPY}, setup=lambda d: _npy_case(d, x_edit=_at_row_3(np.nan)),
+                         needles=("x.npy", "row 3", "nan")),
+    "csv-nan-cell": Bad({"data": _CSV}, setup=_csv_case(_CSV_ROWS.replace(b"3.5,-3", b"nan,-3")),
+                        needles=("d.csv", "line 5", "column 1 ('a')", "nan")),
+    "user-dataset-nan": Bad({"data": {"name": "nan_rows:make"}},
+                            setup=_user_dataset("nan_rows", "    x = np.ones((20, 3))\n    x[3, 1] = np.inf\n"
+                                                "    return x, np.arange(20) % 2\n"),
+                            needles=("dataset 'nan_rows:make'", ": x", "row 3", "inf")),
+    # class labels: negative, not whole numbers, beyond the model, absurdly large
+    "npz-negative-label": Bad({"data": _NPZ}, setup=_npz_case(y=_at_row_3(-1)), needles=("d.npz", "array 'y'", "row 3", "-1")),
+    "npy-negative-label": Bad({"data": _NPY}, setup=lambda d: _npy_case(d, y_edit=_at_row_3(-4)),
+                              needles=("y.npy", "row 3", "-4")),
+    "npz-fractional-label": Bad({"data": _NPZ}, setup=_npz_case(y=_at_row_3(2.7)),
+                                needles=("d.npz", "array 'y'", "row 3", "2.7", "integer")),
+    "label-beyond-model-outputs": Bad({"data": _NPZ, "model": {"name": "mlp", "hidden_sizes": [8], "num_outputs": 3}},
+                                      setup=_npz_case(y=_at_row_3(5)),
+                                      needles=("d.npz", "array 'y'", "row 3", "label 5", "3 outputs")),
+    "label-beyond-user-model": Bad({"data": _NPZ, "model": {"name": "fntrain.nn:mlp", "kwargs": {"hidden_sizes": [8], "num_outputs": 2}}},
+                                   setup=_npz_case(y=_at_row_3(4)), needles=("d.npz", "label 4", "2 outputs")),
+    "huge-label": Bad({"data": _NPZ}, setup=_npz_case(y=_at_row_3(10**9)),
+                      needles=("d.npz", "array 'y'", "row 3", "1000000000", "100,000")),
+    "binary-label-2": Bad({"data": _NPZ, "loss": {"name": "sigmoid_binary_cross_entropy"}}, setup=_npz_case(y=_at_row_3(2)),
+                          needles=("d.npz", "array 'y'", "row 3", "label 2")),
+    "idx-float-label": Bad({"data": {"name": "idx", "images_path": "images", "labels_path": "labels", "batch_size": 8}},
+                           setup=_idx_float_labels, needles=("labels", "row 3", "2.7")),
+    # damaged or mistaken files
+    "idx-gzip-bomb": Bad({"data": {"name": "idx", "images_path": "images", "labels_path": "labels.gz"}},
+                         setup=_idx_gzip_bomb, needles=("labels.gz", "more than the 20 bytes", "header")),
+    "npz-truncated": Bad({"data": _NPZ}, setup=lambda d: (_npz_case()(d), (d / "d.npz").write_bytes((d / "d.npz").read_bytes()[:300])),
+                         needles=("d.npz", "truncated or damaged")),
+    "npz-empty-file": Bad({"data": _NPZ}, setup=_npz_file(b""), needles=("d.npz", "empty file")),
+    "npz-not-a-zip": Bad({"data": _NPZ}, setup=_npz_file(b"x,y\n1,2\n"), needles=("d.npz", "not an .npz archive", "x,y")),
+    "npy-named-npz": Bad({"data": _NPZ}, setup=lambda d: np.save(open(d / "d.npz", "wb"), np.zeros((20, 3))),
+                         needles=("d.npz", "a .npy file")),
+    "npy-truncated": Bad({"data": _NPY}, setup=lambda d: (_npy_case(d), (d / "x.npy").write_bytes((d / "x.npy").read_bytes()[:-9])),
+                         needles=("x.npy", "truncated")),
+    "csv-not-utf8": Bad({"data": _CSV}, setup=_csv_case(_CSV_ROWS.replace(b"2.5,-2", b"2.5\xe9,-2")),
+                        needles=("d.csv", "line 4", "0xe9", "UTF-8")),
+    "csv-multichar-delimiter": Bad({"data": {**_CSV, "delimiter": ";;"}}, setup=_csv_case(_CSV_ROWS),
+                                   needles=("data.delimiter", "1 character", "{cfg}")),
+    # arrays that are not numbers, or hold nothing
+    "npz-empty-array": Bad({"data": _NPZ}, setup=_npz_case(x=lambda x: x[:0], y=lambda y: y[:0]),
+                           needles=("d.npz", "array 'x'", "no rows")),
+    "npz-string-array": Bad({"data": _NPZ}, setup=_npz_case(x=lambda x: x.astype(str)),
+                            needles=("d.npz", "array 'x'", "<U", "text")),
+    "user-dataset-strings": Bad({"data": {"name": "text_rows:make"}},
+                                setup=_user_dataset("text_rows", "    return np.array([['a', 'b']] * 20), np.arange(20) % 2\n"),
+                                needles=("dataset 'text_rows:make'", ": x", "text")),
+    "standardize-targets-on-labels": Bad(args=("data.standardize_targets=true",),
+                                         needles=("data.standardize_targets", "int32", "softmax_cross_entropy")),
+    "user-dataset-bad-split-name": Bad({"data": {"name": "split_names:make"}},
+                                       setup=_user_dataset("split_names", "    x = np.ones((20, 3))\n"
+                                                           "    return {'train': (x, np.arange(20) % 2), 'tst': (x, x)}\n"),
+                                       needles=("split_names:make", "'tst'", "'train'")),
+}
+
+
 BAD_CASES = {
     # unknown keys, with suggestions
     "unknown-top-level-key": Bad({"optimiser": {"name": "sgd"}}, needles=("optimiser", "did you mean 'optimizer'", "{cfg}")),
@@ -438,8 +568,9 @@ BAD_CASES = {
     # the command line
     "unknown-cli-flag": Bad(args=("--fast",), needles=("--fast",)),
     "eval-unknown-flag": Bad(args=("--overwrite",), needles=("--overwrite",)),  # eval has no --overwrite
+    **BAD_DATA_CASES,
 }
-SUBPROCESS_BAD_CASES = ("unknown-top-level-key", "missing-npz-file")
+SUBPROCESS_BAD_CASES = ("unknown-top-level-key", "missing-npz-file", "npy-nan-input")
 
 
 def materialize(case: Bad, d: Path, command: str = "train") -> list[str]:
@@ -867,8 +998,9 @@ SECTION_CLASSES = {
     if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__ and not name.startswith("_")
 }
 
-_DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "batch_size": 16,
-                "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False}
+_DATA_COMMON = {"val_fraction": 0.2, "test_fraction": 0.15, "standardize": True, "standardize_targets": True,
+                "batch_size": 16, "eval_batch_size": 32, "shuffle": False, "drop_last": True, "on_device": False,
+                "prefetch": 0}
 _OPTIMIZER_COMMON = {"learning_rate": 3e-4, "weight_decay": 0.01, "clip_grad_norm": 1.0, "schedule": "<schedule>",
                      "accumulate_steps": 2, "groups": ["<ParamGroupConfig>"], "reduce_on_plateau": "<PlateauConfig>",
                      "ema_decay": 0.99, "ema_warmup": True, "ema_eval": "raw"}
@@ -883,12 +1015,19 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "RegressionData": {"name": "regression", **_DATA_COMMON, "num_examples": 120, "num_features": 5,
                            "num_outputs": 2, "noise": 0.5},
         "NpzData": {"name": "npz", **_DATA_COMMON, "path": str(files / "d.npz"), "x_key": "inputs", "y_key": "labels"},
+        "NpyData": {"name": "npy", **_DATA_COMMON, "x_path": str(files / "x.npy"), "y_path": str(files / "y.npy"),
+                    "val_x_path": str(files / "val_x.npy"), "val_y_path": str(files / "val_y.npy"),
+                    "test_x_path": str(files / "test_x.npy"), "test_y_path": str(files / "test_y.npy")},
         "IdxData": {"name": "idx", **_DATA_COMMON, "images_path": str(files / "images.idx"),
-                    "labels_path": str(files / "labels.idx.gz")},
-        "CsvData": {"name": "csv", **_DATA_COMMON, "path": str(files / "d.csv"), "target_column": "label",
-                    "target_dtype": "float", "header": True, "delimiter": ";"},
+                    "labels_path": str(files / "labels.idx.gz"), "val_images_path": str(files / "val_images.idx"),
+                    "val_labels_path": str(files / "val_labels.idx"), "test_images_path": str(files / "test_images.idx"),
+                    "test_labels_path": str(files / "test_labels.idx")},
+        "CsvData": {"name": "csv", **_DATA_COMMON, "path": str(files / "d.csv"), "val_path": str(files / "d_val.csv"),
+                    "test_path": str(files / "d_test.csv"), "target_column": "label", "target_dtype": "float",
+                    "header": True, "delimiter": ";"},
         "CharLMData": {"name": "charlm", "val_fraction": 0.2, "batch_size": 16, "eval_batch_size": 32, "shuffle": False,
-                       "drop_last": True, "on_device": False, "seq_len": 16, "stride": 8, "max_chars": 4000},
+                       "drop_last": True, "on_device": False, "prefetch": 0, "seq_len": 16, "stride": 8,
+                       "max_chars": 4000},
         "SequenceOrderData": {"name": "sequence_order", **_DATA_COMMON, "num_examples": 120, "seq_len": 8,
                               "target": "gap"},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
@@ -961,9 +1100,11 @@ NOT_IN_FULL_CONFIG = {"objective"}
 
 
 DATA_CLASSES = (
-    "DigitsData", "ClassificationData", "RegressionData", "SequenceOrderData", "NpzData", "IdxData", "CsvData", "CharLMData",
-    "CustomData",
+    "DigitsData", "ClassificationData", "RegressionData", "SequenceOrderData", "NpzData", "NpyData", "IdxData", "CsvData",
+    "CharLMData", "CustomData",
 )
+# Sources whose every split comes from its own files in the table above: (val, test) rows.
+FIXED_SPLIT_ROWS = {"NpyData": (30, 20), "IdxData": (30, 20), "CsvData": (30, 20)}
 MODEL_CLASSES = ("MlpModel", "CnnModel", "Cnn1dModel", "RnnModel", "ResnetModel", "TransformerLmModel", "CustomModel")
 LOSS_CLASSES = ("SoftmaxCrossEntropyLoss", "SigmoidBinaryCrossEntropyLoss", "MeanSquaredErrorLoss", "HuberLoss", "CustomLoss")
 OPTIMIZER_CLASSES = ("SgdOptimizer", "MomentumOptimizer", "NesterovOptimizer", "AdamOptimizer", "AdamwOptimizer", "RmspropOptimizer",
@@ -998,10 +1139,15 @@ def section_values(files: Path, data: str, model: str, **variants: str) -> dict[
 def write_data_files(d: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(d / "d.npz", inputs=rng.normal(size=(120, 5)).astype(np.float32), labels=np.arange(120) % 3)
-    write_idx(d / "images.idx", rng.integers(0, 256, size=(120, 8, 8)).astype(np.uint8), gz=False)
-    write_idx(d / "labels.idx.gz", (np.arange(120) % 10).astype(np.uint8), gz=True)
-    rows = ["a;label;b"] + [f"{a:.4f};{a - b:.4f};{b:.4f}" for a, b in rng.normal(size=(120, 2))]
-    (d / "d.csv").write_text("\n".join(rows) + "\n")
+    for prefix, n in (("", 120), ("val_", 30), ("test_", 20)):
+        np.save(d / f"{prefix}x.npy", rng.normal(size=(n, 5)).astype(np.float32))
+        np.save(d / f"{prefix}y.npy", (np.arange(n) % 3).astype(np.int64))
+        images = "images.idx" if not prefix else f"{prefix}images.idx"
+        labels = "labels.idx.gz" if not prefix else f"{prefix}labels.idx"
+        write_idx(d / images, rng.integers(0, 256, size=(n, 8, 8)).astype(np.uint8), gz=False)
+        write_idx(d / labels, (np.arange(n) % 10).astype(np.uint8), gz=not prefix)
+        rows = ["a;label;b"] + [f"{a:.4f};{a - b:.4f};{b:.4f}" for a, b in rng.normal(size=(n, 2))]
+        (d / f"d{'_' + prefix[:-1] if prefix else ''}.csv").write_text("\n".join(rows) + "\n")
 
 
 def assert_section_holds(section: BaseModel, values: dict, where: str) -> None:
@@ -1062,6 +1208,8 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
         return
     n = 1797 if data == "DigitsData" else 120
     n_val, n_test = round(0.2 * n), round(0.15 * n)
+    if data in FIXED_SPLIT_ROWS:  # the files' own splits; the fractions apply to none
+        (n_val, n_test), n = FIXED_SPLIT_ROWS[data], n + sum(FIXED_SPLIT_ROWS[data])
     assert (len(splits.val.y), len(splits.test.y), len(splits.train.y)) == (n_val, n_test, n - n_val - n_test)
     if data == "CsvData":
         assert splits.train.x.shape[1:] == (2,) and splits.train.y.shape[1:] == (1,)
@@ -1074,8 +1222,13 @@ def test_every_field_of_every_data_variant_is_accepted_and_used(tmp_path, data):
         assert splits.train.x.shape[1:] == (5,) and splits.train.y.ndim == 1
     if data == "IdxData":
         assert splits.train.x.shape[1:] == (8, 8, 1)
+    if data == "NpyData":  # read a batch at a time: the splits are views of the files
+        from fntrain.data import is_lazy
+
+        assert is_lazy(splits.train.x) and is_lazy(splits.val.x) and splits.train.x.shape[1:] == (5,)
     # standardize: true -> training features have mean 0 (float32 over <= 1258 rows: 1e-4).
-    assert np.abs(splits.train.x.reshape(len(splits.train.x), -1).mean(axis=0)).max() < 1e-4
+    train_x = np.asarray(splits.train.x)
+    assert np.abs(train_x.reshape(len(train_x), -1).mean(axis=0)).max() < 1e-4
 
 
 @pytest.mark.parametrize("model", MODEL_CLASSES)
@@ -1141,6 +1294,7 @@ MINIMAL_SECTIONS = {
     "ClassificationData": ("data", {"name": "classification"}),
     "RegressionData": ("data", {"name": "regression"}),
     "NpzData": ("data", {"name": "npz", "path": "x.npz"}),
+    "NpyData": ("data", {"name": "npy", "x_path": "x.npy", "y_path": "y.npy"}),
     "IdxData": ("data", {"name": "idx", "images_path": "i", "labels_path": "l"}),
     "CsvData": ("data", {"name": "csv", "path": "x.csv"}),
     "CustomData": ("data", {"name": "fntrain.data:make_classification"}),

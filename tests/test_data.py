@@ -432,3 +432,106 @@ def test_eval_batches():
     assert len(list(eval_batches(data, 100))) == 1
     with pytest.raises(DataError):
         list(eval_batches(data, 0))
+
+
+# --- own splits, per-process batches, damaged files ----------------------------
+
+
+def test_complete_splits_draws_only_the_missing_ones():
+    from fntrain.data import complete_splits
+
+    train, test = _toy(50), _toy(7)
+    key = jax.random.key(0)
+    s = complete_splits({"train": train, "test": test}, val_fraction=0.2, test_fraction=0.5, key=key)
+    assert s.test is test and (s.val.num_examples, s.train.num_examples) == (10, 40)
+    # With train alone it is split_arrays.
+    alone = complete_splits({"train": train}, val_fraction=0.2, test_fraction=0.1, key=key)
+    reference = split_arrays(train, val_fraction=0.2, test_fraction=0.1, key=key)
+    for a, b in zip(alone, reference):
+        np.testing.assert_array_equal(a.y, b.y)
+    with pytest.raises(DataError, match="shape"):
+        complete_splits({"train": train, "val": _toy(5, f=4)}, val_fraction=0.1, test_fraction=0.1, key=key)
+    with pytest.raises(DataError, match="train, val and test"):
+        complete_splits({"train": train, "tset": test}, val_fraction=0.1, test_fraction=0.1, key=key)
+
+
+@pytest.mark.parametrize("pad_to", [None, 16])
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_gather_batch_reads_exactly_the_process_rows_of_the_padded_batch(pad_to, count):
+    from fntrain.data import gather_batch, pad_batch
+    from fntrain.parallel import process_rows
+
+    data = _toy(40)
+    for rows in (np.arange(16) + 3, np.array([39, 0, 5, 6, 7, 8, 1, 2])):  # a full batch, a partial one
+        if pad_to is None and len(rows) % count:
+            continue
+        whole = (data.x[rows], data.y[rows])
+        whole = pad_batch(whole, pad_to) if pad_to else whole
+        for index in range(count):
+            expected = process_rows(whole, process_index=index, process_count=count)
+            got = gather_batch(data, rows, pad_to=pad_to, process_index=index, process_count=count)
+            for e, g in zip(expected, got):
+                np.testing.assert_array_equal(g, e)
+
+
+def test_gzip_is_inflated_no_further_than_the_idx_header_declares(tmp_path, monkeypatch):
+    import zlib
+
+    from fntrain.data import idx
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    header = struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 20)
+    bomb = packer.compress(header) + b"".join(packer.compress(bytes(1 << 20)) for _ in range(64)) + packer.flush()
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    inflated = []
+    decompress = idx._Stream._decompress
+
+    def counted(self, data, limit):
+        out = decompress(self, data, limit)
+        inflated.append(len(out))
+        return out
+
+    monkeypatch.setattr(idx._Stream, "_decompress", counted)
+    with pytest.raises(DataError, match="more than the 20 bytes its IDX header declares"):
+        read_idx(tmp_path / "bomb.gz")
+    assert sum(inflated) <= 8 + 21  # the header, then the declared 20 bytes and one more: of 64 MiB
+
+
+def test_file_loaders_refuse_damaged_and_mistaken_files(tmp_path):
+    p = tmp_path / "d.npz"
+    np.save(open(p, "wb"), np.zeros(3))
+    with pytest.raises(DataError, match="a .npy file"):
+        load_npz(p)
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match="empty file"):
+        load_npz(p)
+    np.savez(p, x=np.zeros((4, 2)), y=np.zeros(4))
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(DataError, match="truncated or damaged"):
+        load_npz(p)
+    c = tmp_path / "t.csv"
+    c.write_bytes("a,b\n1,2\n".encode() + "3,é\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"line 3: byte 0xe9 is not UTF-8"):
+        load_csv(c)
+    c.write_text("\ufeffa;y\n1;0\n2;1\n", encoding="utf-8")  # a BOM, as Excel writes
+    assert load_csv(c, target_column="y", delimiter=";").x.tolist() == [[1.0], [2.0]]
+    with pytest.raises(DataError, match="single character"):
+        load_csv(c, delimiter=";;")
+
+
+def test_npz_split_arrays():
+    import tempfile
+
+    from fntrain.data import npz_parts
+
+    d = tempfile.mkdtemp()
+    np.savez(f"{d}/a.npz", x=np.ones((5, 2)), y=np.zeros(5), x_test=np.ones((3, 2)), y_test=np.zeros(3))
+    parts = npz_parts(f"{d}/a.npz")
+    assert list(parts) == ["train", "test"] and parts["test"].arrays.num_examples == 3
+    assert parts["test"].x_name.endswith("array 'x_test'")
+    np.savez(f"{d}/b.npz", x=np.ones((5, 2)), y=np.zeros(5), x_val=np.ones((3, 2)))
+    with pytest.raises(DataError, match="has 'x_val' but no 'y_val'"):
+        npz_parts(f"{d}/b.npz")
+    np.savez(f"{d}/c.npz", x=np.ones((5, 2)), y=np.zeros(5), x_train=np.ones((5, 2)), y_train=np.zeros(5))
+    with pytest.raises(DataError, match="holds both 'x' and 'x_train'"):
+        npz_parts(f"{d}/c.npz")

@@ -131,19 +131,30 @@ def test_damaged_checkpoint_is_skipped_with_a_warning(tmp_path):
 
 
 def test_skip_nonfinite_updates_are_counted(tmp_path):
-    module = tmp_path / "nan_data.py"
+    """A loss that is NaN (with NaN gradients) on the one batch holding a marked example:
+    NaN data is refused before training, so the loss makes the non-finite updates."""
+    module = tmp_path / "nan_loss.py"
     module.write_text(
+        "import jax.numpy as jnp\n"
         "import numpy as np\n"
+        "import fntrain\n"
         "def make():\n"
         "    rng = np.random.default_rng(0)\n"
         "    x = rng.normal(size=(40, 3)).astype(np.float32)\n"
-        "    x[7, 1] = np.nan\n"
-        "    return x, (x[:, 0] > 0).astype(np.int32)\n"
+        "    y = (x[:, 0] > 0).astype(np.int32)\n"
+        "    y[7] = 2  # the marked example\n"
+        "    return x, y\n"
+        "def loss(logits, labels, weights=None):\n"
+        "    real = jnp.ones(labels.shape, bool) if weights is None else weights > 0\n"
+        "    marked = jnp.any((labels == 2) & real)\n"
+        "    value = fntrain.losses.softmax_cross_entropy(logits, labels, weights=weights)\n"
+        "    return value * jnp.where(marked, jnp.nan, 1.0)  # NaN loss and NaN gradients\n"
     )
     sys.path.insert(0, str(tmp_path))
     try:
         overrides = [
-            "data={name: 'nan_data:make', val_fraction: 0.0, test_fraction: 0.0, batch_size: 8}",
+            "data={name: 'nan_loss:make', val_fraction: 0.0, test_fraction: 0.0, batch_size: 8}",
+            "loss={name: 'nan_loss:loss'}",
             "loop.kind=epochs",
             "loop.num_epochs=5",
             "loop.on_nonfinite=skip",
@@ -153,7 +164,7 @@ def test_skip_nonfinite_updates_are_counted(tmp_path):
         result = train(tmp_path / "run", overrides)
     finally:
         sys.path.remove(str(tmp_path))
-    # One NaN example lands in exactly one of the 5 batches of each epoch.
+    # The marked example lands in exactly one of the 5 batches of each epoch.
     assert result.summary["nonfinite_steps"] == 5
     assert all(np.isfinite(np.asarray(p)).all() for p in __import__("jax").tree.leaves(result.state.params))
 

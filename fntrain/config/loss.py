@@ -6,7 +6,9 @@ what the rest of the toolkit needs to know about it:
 * ``default_metrics``: ``{name in metrics.jsonl: metric name in fntrain.metrics.METRICS}``,
   what is reported when the config's ``metrics`` is null;
 * ``class_logits``: whether the outputs are one logit per class, so that integer labels ask
-  for ``max(label) + 1`` outputs (otherwise one output per target value).
+  for ``max(label) + 1`` outputs (otherwise one output per target value);
+* ``targets``: what the data checks hold the targets to (``fntrain.data.Targets.kind``):
+  ``"classes"`` (labels 0..C-1), ``"binary"`` (integer labels 0 or 1) or ``"any"``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fntrain.config.base import Fraction, PositiveFloat, _Custom, _Section, _uni
 class _Loss(_Section):
     default_metrics: ClassVar[Mapping[str, str]] = {}
     class_logits: ClassVar[bool] = False
+    targets: ClassVar[str] = "any"
 
     def build(self) -> Callable:
         """``loss(outputs, targets) -> scalar``, the mean over the batch."""
@@ -37,6 +40,7 @@ class SoftmaxCrossEntropyLoss(_Loss):
 
     default_metrics = {"accuracy": "accuracy"}
     class_logits = True
+    targets = "classes"
 
     def build(self) -> Callable:
         return functools.partial(losses_lib.softmax_cross_entropy, label_smoothing=self.label_smoothing)
@@ -49,6 +53,7 @@ class SigmoidBinaryCrossEntropyLoss(_Loss):
 
     # Reported as `accuracy`, as it always has been: the fraction of logits > 0 matching labels > 0.5.
     default_metrics = {"accuracy": "binary_accuracy"}
+    targets = "binary"
 
     def build(self) -> Callable:
         return losses_lib.sigmoid_binary_cross_entropy
@@ -86,6 +91,7 @@ class CustomLoss(_Custom, _Loss):
     kind = "loss"
     builtins = tuple(LOSS_VARIANTS)
     class_logits = True  # integer labels give one output per class, as for the built-in cross-entropy
+    targets = "classes"
 
     def build(self) -> Callable:
         fn = self.function()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from fntrain.data.errors import DataError
 from fntrain.data.sources import Arrays
 
-__all__ = ["IteratorState", "BatchIterator", "eval_batches", "example_weights", "pad_batch", "pad_rows"]
+__all__ = ["IteratorState", "BatchIterator", "eval_batches", "example_weights", "gather_batch", "pad_batch", "pad_rows"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -94,6 +94,11 @@ class BatchIterator:
         self._normalize()
         self._order_epoch: int | None = None
         self._order: np.ndarray | None = None
+
+    @property
+    def arrays(self) -> Arrays:
+        """The data the batches are drawn from."""
+        return self._arrays
 
     @property
     def state(self) -> IteratorState:
@@ -196,6 +201,39 @@ def pad_batch(batch: Batch, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]) if n < size else a
 
     return grow(x), grow(y), example_weights(n, size)
+
+
+def gather_batch(
+    arrays: Arrays,
+    rows: np.ndarray,
+    *,
+    pad_to: Optional[int] = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple:
+    """This process's share of the batch of ``rows``, reading only that share.
+
+    The global batch is ``(x[rows], y[rows])``, padded with ``pad_batch`` to ``pad_to``
+    rows when given; process ``p`` of ``P`` feeds its contiguous ``1/P`` of those rows (as
+    ``fntrain.parallel.process_rows`` cuts them), and only those rows are read, so on one
+    process this is exactly the padded global batch.
+
+    Args:
+      arrays: x [N, ...], y [N, ...] (arrays in memory or views of a file).
+      rows: ``[b]`` int rows of the global batch.
+      pad_to: the global batch size to pad to (weights added); None: no padding.
+      process_index, process_count: this process and how many feed the batch.
+
+    Returns:
+      ``(x [b/P, ...], y [b/P, ...])``, or with ``pad_to``, ``(x, y, weights)`` of
+      ``pad_to/P`` rows.
+    """
+    size = len(rows) if pad_to is None else pad_to
+    per = size // process_count
+    start = process_index * per
+    mine = rows[start : min(start + per, len(rows))] if start < len(rows) else rows[:0]
+    batch = arrays.x[mine], arrays.y[mine]
+    return batch if pad_to is None else pad_batch(batch, per)
 
 
 def pad_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
