@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 EXIT_USAGE = 2
@@ -116,9 +115,24 @@ def _gradcheck(args) -> int:
 
 
 def _load(args):
-    from fntrain.config import dump_config, load_config
+    import warnings
 
-    config = load_config(args.config, args.overrides)
+    from fntrain.config import dump_config, load_config
+    from fntrain.errors import ConfigError
+    from fntrain.limits import one_line, shorten
+
+    # A warning while loading (a user's module, say) belongs to the message: it goes into the
+    # error line, or becomes one `warning:` line, not Python's two-line form naming our source.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            config = load_config(args.config, args.overrides)
+        except ConfigError as e:
+            if not caught:
+                raise
+            said = "; ".join(f"{w.category.__name__}: {shorten(str(w.message), 200)}" for w in caught[:3])
+            raise ConfigError(f"{e} (warned while loading: {said})") from None
+    for w in caught:
+        print(f"warning: {one_line(f'{w.category.__name__}: {w.message}', 500)}", file=sys.stderr)
     if args.print_config:
         print(dump_config(config), end="")
         return None
@@ -134,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
-    # Let `module.path:function` names in a config find modules in the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # No folder goes on sys.path here: a config's `module.path:function` names are imported
+    # from the config file's folder, after the standard library (fntrain.imports).
     from fntrain.data import DataError
     from fntrain.errors import ConfigError
+    from fntrain.limits import one_line
     from fntrain.loop import Interrupted, NonFiniteError
 
     try:
@@ -147,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e)
         if args.config not in message:  # raised after loading: say which config it concerns
             message = f"{args.config}: {'data: ' if isinstance(e, DataError) else ''}{message}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"error: {one_line(args.config)}: ran out of memory building the run (a dataset, batch or model "
+              f"larger than this machine holds?)", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteError, Interrupted) as e:
         print(f"error: {e}", file=sys.stderr)
