@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from fntrain.errors import ConfigError
+from fntrain.limits import MAX_COUNT
+
 
 class Events(NamedTuple):
     """What happens after a step (each a bool)."""
@@ -47,8 +50,14 @@ class Cadence(NamedTuple):
     def from_config(cls, config, steps_per_epoch: int) -> "Cadence":
         loop = config.loop
         by_epoch = loop.kind == "epochs"
+        total = loop.num_epochs * steps_per_epoch if by_epoch else loop.num_steps
+        if total > MAX_COUNT:  # the step counter is an int32
+            raise ConfigError(
+                f"loop.num_epochs: {loop.num_epochs} epochs of {steps_per_epoch} steps are {total} steps, more than "
+                f"{MAX_COUNT} (the step counter is an int32); lower loop.num_epochs"
+            )
         return cls(
-            total_steps=loop.num_epochs * steps_per_epoch if by_epoch else loop.num_steps,
+            total_steps=total,
             steps_per_epoch=steps_per_epoch,
             log_every=config.log.every_steps,
             eval_every_steps=loop.eval_every_steps,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 
 from fntrain import signals
@@ -160,9 +159,24 @@ def _gradcheck(args) -> int:
 
 
 def _load(args):
-    from fntrain.config import dump_config, load_config
+    import warnings
 
-    config = load_config(args.config, args.overrides)
+    from fntrain.config import dump_config, load_config
+    from fntrain.errors import ConfigError
+    from fntrain.limits import one_line, shorten
+
+    # A warning while loading (a user's module, say) belongs to the message: it goes into the
+    # error line, or becomes one `warning:` line, not Python's two-line form naming our source.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            config = load_config(args.config, args.overrides)
+        except ConfigError as e:
+            if not caught:
+                raise
+            said = "; ".join(f"{w.category.__name__}: {shorten(str(w.message), 200)}" for w in caught[:3])
+            raise ConfigError(f"{e} (warned while loading: {said})") from None
+    for w in caught:
+        print(f"warning: {one_line(f'{w.category.__name__}: {w.message}', 500)}", file=sys.stderr)
     if args.print_config:
         print(dump_config(config), end="")
         return None
@@ -190,9 +204,8 @@ def _main(argv: list[str] | None) -> int:
     args.overrides = [*getattr(args, "overrides", []), *extra]
     if args.command != "train":
         signals.uninstall()  # the other commands keep Python's own handling (Ctrl-C interrupts)
-    # Let `module.path:function` names in a config find modules in the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # No folder goes on sys.path here: a config's `module.path:function` names are imported
+    # from the config file's folder, after the standard library (fntrain.imports).
     from fntrain.data import DataError
     from fntrain.errors import ConfigError, StorageError
     from fntrain.loop import Interrupted, NonFiniteError
@@ -207,6 +220,10 @@ def _main(argv: list[str] | None) -> int:
         if config is not None and config not in message and not isinstance(e, StorageError):  # say which config
             message = f"{args.config}: {'data: ' if isinstance(e, DataError) else ''}{message}"
         return _fail(message, EXIT_USAGE)
+    except MemoryError:
+        where = getattr(args, "config", None) or args.command
+        return _fail(f"{where}: ran out of memory building the run (a dataset, batch or model larger than this "
+                     "machine holds?)", EXIT_USAGE)
     except (NonFiniteError, Interrupted) as e:
         return _fail(str(e), e.exit_code)
     except OSError as e:  # a filesystem failure fntrain did not describe itself
@@ -218,7 +235,9 @@ def _main(argv: list[str] | None) -> int:
 def _fail(message: str, code: int) -> int:
     """Prints the one ``error:`` line; collects what a failed write left pending (orbax's
     coroutines would otherwise report their own errors at interpreter shutdown)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    from fntrain.limits import one_line
+
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
     gc.collect()
     return code
 

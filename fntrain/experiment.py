@@ -10,9 +10,10 @@ import jax
 from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
-from fntrain import nn
+from fntrain import memory, nn
 from fntrain import targets as targets_lib
 from fntrain.errors import ConfigError
+from fntrain.limits import first_line, quote
 from fntrain.metrics import METRICS
 from fntrain.registry import call_user, lookup
 from fntrain.step import supervised_loss
@@ -68,9 +69,10 @@ def build_experiment(config: cfg.Config) -> Experiment:
         net = nn.mixed_precision(net, config.precision)
     loss, loss_fn = build_objective(config, net)
     x, y = splits.train.x[:2], splits.train.y[:2]
-    objective = f"objective {config.objective.name!r}" if config.objective else f"loss {config.loss.name!r}"
+    objective = f"objective {quote(config.objective.name)}" if config.objective else f"loss {config.loss.name!r}"
+    _check_memory(config, net, keys["init"], splits)
     try:
-        params, model_state = net.init(keys["init"], x)
+        params, model_state = _init(net, keys["init"], x, config)
         shapes = jax.eval_shape(loss_fn, params, model_state, (x, y), None)
     except (TypeError, ValueError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -88,6 +90,30 @@ def build_experiment(config: cfg.Config) -> Experiment:
     return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
 
 
+def _check_memory(config: cfg.Config, net: nn.Module, key: jax.Array, splits: data_lib.Splits) -> None:
+    """Refuses, before any parameter is allocated, a model or batch that cannot fit (``fntrain.memory``)."""
+    try:
+        shapes = jax.eval_shape(net.init, key, splits.train.x[:2])
+    except Exception:  # noqa: BLE001 - init fails on these inputs: the real init below says why
+        return
+    example = splits.train.x[:1].nbytes + splits.train.y[:1].nbytes
+    batch = max(config.data.batch_size, config.data.eval_batch_size or 4 * config.data.batch_size)
+    shards = 1  # on CPU every device's copy is in the one host memory
+    if config.parallel.mode == "fsdp" and jax.devices()[0].platform != "cpu":
+        shards = config.parallel.num_devices or jax.device_count()
+    memory.check_fits(shapes, batch * example, model=f"model {quote(config.model.name)}", shards=shards)
+
+
+def _init(net: nn.Module, key: jax.Array, x, config: cfg.Config):
+    """``net.init(key, x)``; running out of device memory is a ConfigError naming the model."""
+    try:
+        return net.init(key, x)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise ConfigError(f"model: {quote(config.model.name)} does not fit in memory: {first_line(e)}") from None
+
+
 def build_objective(config: cfg.Config, net: nn.Module) -> tuple[Optional[Callable], Callable]:
     """``(loss, loss_fn)``: the config's ``objective`` (``loss`` is then None), or its ``loss``
     on ``(inputs, targets)`` batches with the metrics ``config.metrics`` names."""
@@ -100,7 +126,10 @@ def build_objective(config: cfg.Config, net: nn.Module) -> tuple[Optional[Callab
                 f"got {type(loss_fn).__name__}"
             )
         return None, loss_fn
-    metric_fns = {name: lookup(metric, "metric", METRICS) for name, metric in config.metrics_to_report.items()}
+    metric_fns = {
+        name: lookup(metric, "metric", METRICS, module_dir=config.metrics_module_dir)
+        for name, metric in config.metrics_to_report.items()
+    }
     loss = builders.build_loss(config.loss)
     return loss, supervised_loss(net, loss, metric_fns=metric_fns)
 

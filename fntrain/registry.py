@@ -13,9 +13,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Callable
+from typing import Callable, Optional
 
 from fntrain.errors import ConfigError
+from fntrain.imports import import_function
+from fntrain.limits import quote
 
 KINDS = ("model", "loss", "dataset", "objective", "metric", "callback")
 _REGISTRY: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
@@ -90,37 +92,31 @@ def register_callback(name: str):
     return _register("callback", name)
 
 
-def _import(path: str) -> Callable:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import {module_name!r} for {path!r}: {e}") from None
-    try:
-        fn = getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(fn):
-        raise ConfigError(f"{path!r} is not callable")
-    return fn
-
-
-def lookup(name: str, kind: str, builtins: dict[str, Callable] | None = None) -> Callable:
+def lookup(
+    name: str, kind: str, builtins: dict[str, Callable] | None = None, *, module_dir: Optional[str] = None
+) -> Callable:
     """The callable for ``name``: a built-in, a registered name, or ``module.path:function``.
+
+    Args:
+      name: the name a config gives.
+      kind: one of ``KINDS``.
+      builtins: the built-in names of the kind, checked before the registry.
+      module_dir: the folder a ``module.path:function``'s module is imported from
+        (``fntrain.imports``); None: installed modules only.
 
     Raises:
       ConfigError: unknown name (with a suggestion) or an import that fails.
     """
     if ":" in name:
-        return _import(name)
+        return import_function(name, module_dir)
     known = {**(builtins or {}), **_REGISTRY[kind]}
     if name in known:
         return known[name]
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = difflib.get_close_matches(name, list(known), n=1) if len(name) <= 100 else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
     listing = f"known: {', '.join(sorted(known))}" if known else "none is built in or registered"
     raise ConfigError(
-        f"unknown {kind} {name!r}{hint} ({listing}; name a function as 'module.path:function' "
+        f"unknown {kind} {quote(name)}{hint} ({listing}; name a function as 'module.path:function' "
         f"or register one with fntrain.register_{kind})"
     )
 

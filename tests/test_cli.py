@@ -32,6 +32,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from cli_contract import assert_one_error_line
 from fntrain import cli
 from fntrain import config as cfg
 
@@ -87,19 +88,6 @@ def read_params(run_dir: Path) -> dict[str, np.ndarray]:
         return {name: f[name] for name in f.files}
 
 
-def assert_one_error_line(rc, err: str, needles=()) -> str:
-    """The CLI's error contract: exit 2, one ``error:`` line on stderr, no traceback."""
-    assert rc == 2, f"exit code {rc}, stderr:\n{err}"
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
-
-
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
     """``fntrain.cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -113,7 +101,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture
 def in_dir(tmp_path, monkeypatch):
-    """Runs the test in ``tmp_path``; restores ``sys.path`` (``cli.main`` prepends the cwd)."""
+    """Runs the test in ``tmp_path``; restores ``sys.path`` (a config's module folder is appended to it)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     return tmp_path
@@ -447,6 +435,23 @@ BAD_DATA_CASES = {
 }
 
 
+def base_text(extra: str = "") -> str:
+    """bad_base() as YAML text, with ``extra`` lines after it (from line ``EXTRA_LINE`` on)."""
+    return yaml.safe_dump(bad_base(), sort_keys=False) + extra
+
+
+EXTRA_LINE = f"line {len(base_text().splitlines()) + 1}"
+
+
+def _module(name: str, source: str) -> Callable[[Path], None]:
+    """A setup writing ``name.py`` beside the config."""
+    return lambda d: (d / f"{name}.py").write_text(source)
+
+
+def _with_model(name: str) -> dict:
+    return {"model": {"name": name}}
+
+
 BAD_CASES = {
     # unknown keys, with suggestions
     "unknown-top-level-key": Bad({"optimiser": {"name": "sgd"}}, needles=("optimiser", "did you mean 'optimizer'", "{cfg}")),
@@ -569,6 +574,48 @@ BAD_CASES = {
     "unknown-cli-flag": Bad(args=("--fast",), needles=("--fast",)),
     "eval-unknown-flag": Bad(args=("--overwrite",), needles=("--overwrite",)),  # eval has no --overwrite
     **BAD_DATA_CASES,
+    # non-finite floats, floats for ints, counts past int32 (each trained or hung before)
+    "learning-rate-inf": Bad(args=("optimizer.learning_rate=.inf",), needles=("optimizer.learning_rate", "finite", "{cfg}")),
+    "learning-rate-nan": Bad(args=("optimizer.learning_rate=.nan",), needles=("optimizer.learning_rate", "finite", "{cfg}")),
+    "clip-grad-norm-inf": Bad(args=("optimizer.clip_grad_norm=.inf",), needles=("optimizer.clip_grad_norm", "finite", "{cfg}")),
+    "min-delta-inf": Bad(args=("early_stopping.min_delta=.inf",), needles=("early_stopping.min_delta", "finite", "{cfg}")),
+    "piecewise-scale-nan": Bad({"optimizer": {"schedule": {"name": "piecewise", "boundaries": [1], "scales": [float("nan")]}}},
+                               needles=("optimizer.schedule.scales[0]", "finite", "{cfg}")),
+    "piecewise-length-mismatch-in-file": Bad({"optimizer": {"schedule": {"name": "piecewise", "boundaries": [1, 2], "scales": [0.5]}}},
+                                             needles=("optimizer.schedule.scales", "1 given for 2 boundaries", "{cfg}")),
+    "num-steps-a-float": Bad(args=("loop.num_steps=1e20",), needles=("loop.num_steps", "valid integer", "{cfg}")),
+    "num-steps-past-int32": Bad(args=("loop.num_steps=100000000000000000000",), needles=("loop.num_steps", "2147483647", "{cfg}")),
+    "total-steps-past-int32": Bad(args=("loop.kind=epochs", "loop.num_epochs=2000000000"),
+                                  needles=("loop.num_epochs", "epochs of 23 steps", "2147483647", "{cfg}")),
+    "batch-size-past-int32": Bad(args=("data.batch_size=1099511627776",), needles=("data.batch_size", "2147483647", "{cfg}")),
+    "hidden-width-past-memory": Bad(args=("model.hidden_sizes=[1000000, 1000000]",),
+                                    needles=("model:", "model 'mlp'", "1e+12 parameters", "TiB", "{cfg}")),
+    "batch-past-memory": Bad(args=("data.batch_size=2000000000",), needles=("data.batch_size", "per batch", "{cfg}")),
+    # YAML that says one thing twice, nests without end, or cannot be a number
+    "duplicate-top-level-key": Bad(text=base_text("seed: 3\n"), needles=("{cfg}", EXTRA_LINE, "'seed'", "twice", "line 1")),
+    "duplicate-nested-key": Bad(text=base_text("optimizer: {name: sgd, learning_rate: 0.1, name: adam}\n"),
+                                needles=("{cfg}", EXTRA_LINE, "'name'", "twice")),
+    "deeply-nested": Bad(text=base_text("x: " + "[" * 500 + "]" * 500 + "\n"), needles=("{cfg}", EXTRA_LINE, "nested deeper than 64")),
+    "integer-of-5000-digits": Bad(text=base_text("x: " + "9" * 5000 + "\n"), needles=("{cfg}", EXTRA_LINE, "digits")),
+    # missing names
+    "model-without-name": Bad({"model": {"hidden_sizes": [8]}},
+                              needles=("model.name: required; one of mlp, cnn", "module.path:function", "{cfg}")),
+    # a user's module that cannot be imported: the key, the module and its error's first line
+    "import-raises": Bad(_with_model("raising_mod:build"), setup=_module("raising_mod", "raise RuntimeError('kaboom\\nmore')\n"),
+                         needles=("model.name", "'raising_mod'", "RuntimeError: kaboom", "raising_mod.py:1", "{cfg}")),
+    "import-syntax-error": Bad(_with_model("syntax_mod:build"), setup=_module("syntax_mod", "def build(:\n"),
+                               needles=("model.name", "'syntax_mod'", "SyntaxError", "line 1", "{cfg}")),
+    "import-relative-name": Bad(_with_model("..evil:build"), needles=("model.name", "'..evil:build'", "relative", "{cfg}")),
+    "import-calls-sys-exit": Bad(_with_model("exiting_mod:build"), setup=_module("exiting_mod", "import sys\nsys.exit(7)\n"),
+                                 needles=("model.name", "'exiting_mod'", "sys.exit(7)", "{cfg}")),
+    "import-missing-dependency": Bad(_with_model("needy_mod:build"), setup=_module("needy_mod", "import no_such_dependency\n"),
+                                     needles=("model.name", "'needy_mod'", "No module named 'no_such_dependency'", "{cfg}")),
+    "metric-import-raises": Bad({"metrics": ["raising_metric:fn"]}, setup=_module("raising_metric", "1 / 0\n"),
+                                needles=("metrics[0]", "'raising_metric'", "ZeroDivisionError", "{cfg}")),
+    "module-named-like-the-stdlib": Bad(_with_model("queue:build"), setup=_module("queue", "def build():\n    pass\n"),
+                                        needles=("model.name", "'queue'", "queue.py", "rename", "{cfg}")),
+    "module-not-beside-the-config": Bad(_with_model("elsewhere_mod:build"),
+                                        needles=("model.name", "no module 'elsewhere_mod'", "config's folder", "{cfg}")),
 }
 SUBPROCESS_BAD_CASES = ("unknown-top-level-key", "missing-npz-file", "npy-nan-input")
 
@@ -611,8 +658,8 @@ class Run(NamedTuple):
 def _start(args: list[str], cwd: Path, logs: Path, name: str):
     out = open(logs / f"{name}.stdout", "w")
     err = open(logs / f"{name}.stderr", "w")
-    # -P: Python itself does not put the cwd on sys.path, so a `module:function` in the cwd
-    # is found only because the CLI adds it, as it must for the `fntrain` console script.
+    # -P: Python itself does not put the cwd on sys.path, so a `module:function` beside the
+    # config is found only through its module_dir, as for the `fntrain` console script.
     proc = subprocess.Popen([sys.executable, "-P", "-m", "fntrain", *args], cwd=cwd, env=ENV, stdout=out, stderr=err)
     return proc, out, err
 
@@ -1031,7 +1078,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "SequenceOrderData": {"name": "sequence_order", **_DATA_COMMON, "num_examples": 120, "seq_len": 8,
                               "target": "gap"},
         "CustomData": {"name": "fntrain.data:make_classification", **_DATA_COMMON,
-                       "kwargs": {"num_examples": 120, "num_features": 5}},
+                       "kwargs": {"num_examples": 120, "num_features": 5}, "module_dir": str(files)},
         "MlpModel": {"name": "mlp", "hidden_sizes": [16, 8], "num_outputs": 4, "activation": "gelu",
                      "dropout_rate": 0.1, "norm": "layer"},
         "CnnModel": {"name": "cnn", "channels": [4], "kernel_size": [5, 3], "strides": [1, 2], "pool": "avg",
@@ -1045,12 +1092,12 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "TransformerLmModel": {"name": "transformer_lm", "vocab_size": 120, "seq_len": 64, "d_model": 32,
                                "num_layers": 3, "num_heads": 2, "mlp_dim": 64, "dropout_rate": 0.1,
                                "position": "sinusoidal"},
-        "CustomModel": {"name": "fntrain.nn:mlp", "kwargs": {"hidden_sizes": [8]}},
+        "CustomModel": {"name": "fntrain.nn:mlp", "kwargs": {"hidden_sizes": [8]}, "module_dir": str(files)},
         "SoftmaxCrossEntropyLoss": {"name": "softmax_cross_entropy", "label_smoothing": 0.1},
         "SigmoidBinaryCrossEntropyLoss": {"name": "sigmoid_binary_cross_entropy"},
         "MeanSquaredErrorLoss": {"name": "mse"},
         "HuberLoss": {"name": "huber", "delta": 2.0},
-        "CustomLoss": {"name": "fntrain.losses:huber", "kwargs": {"delta": 0.5}},
+        "CustomLoss": {"name": "fntrain.losses:huber", "kwargs": {"delta": 0.5}, "module_dir": str(files)},
         "ConstantSchedule": {"name": "constant"},
         "CosineSchedule": {"name": "cosine", "decay_steps": 100, "end_value": 1e-5},
         "WarmupCosineSchedule": {"name": "warmup_cosine", "warmup_steps": 5, "decay_steps": 100, "end_value": 1e-5},
@@ -1072,8 +1119,9 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "AdamwOptimizer": {"name": "adamw", **_OPTIMIZER_COMMON, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
         "RmspropOptimizer": {"name": "rmsprop", **_OPTIMIZER_COMMON, "decay": 0.8, "eps": 1e-6, "momentum": 0.5},
         "OptaxOptimizer": {"name": "optax:lion", **_OPTIMIZER_COMMON, "kwargs": {"b1": 0.8}},
-        "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}}},
-        "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}},
+        "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}},
+                            "module_dir": str(files)},
+        "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}, "module_dir": str(files)},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
         "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True, "tensorboard": False,
@@ -1085,6 +1133,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                            "num_processes": 2, "process_id": 1},
         "Config": {"seed": 7, "output_dir": "runs/all", "precision": "bfloat16", "data": "<data>", "model": "<model>",
                    "loss": "<loss>", "objective": "<ObjectiveConfig>", "metrics": ["accuracy", "top_5_accuracy"],
+                   "metrics_module_dir": str(files),
                    "optimizer": "<optimizer>", "loop": "<LoopConfig>", "log": "<LogConfig>",
                    "checkpoint": "<CheckpointConfig>", "early_stopping": "<EarlyStoppingConfig>",
                    "parallel": "<ParallelConfig>", "callbacks": ["<CallbackConfig>", "<CallbackConfig>"]},

@@ -14,20 +14,25 @@ import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Callable, ClassVar, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, field_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, ValidationInfo, field_validator,
+)
 
 from fntrain import registry
+from fntrain.limits import MAX_COUNT, quote
 
-# Strict: `true` is not the integer 1 here, and `"3"` is not a number.
-PositiveInt = Annotated[int, Strict(), Field(gt=0)]
-NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+# Strict: `true` is not the integer 1 here, and `"3"` is not a number. Counts (steps, widths,
+# batch sizes) stay below 2**31, as jax's int32 step counter does.
+PositiveInt = Annotated[int, Strict(), Field(gt=0, le=MAX_COUNT)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0, le=MAX_COUNT)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
 NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
 Fraction = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no float field takes inf or nan (a user function's kwargs may).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- frozen mappings
@@ -130,6 +135,12 @@ def _freeze_mapping(value) -> FrozenMapping:
 
 # --------------------------------------------------------------------------- user components
 
+MODULE_DIR_DOC = (
+    "The folder a `module.path:function` name's module is imported from (appended to `sys.path`, so the "
+    "standard library and installed packages keep their names); `fntrain train` fills it in: the config "
+    "file's folder, or the working directory for a name given as an override. null: installed modules only."
+)
+
 
 class _Custom(_Section):
     """A component named ``module.path:function`` or registered by name (``fntrain.register_*``)."""
@@ -137,6 +148,8 @@ class _Custom(_Section):
     kind: ClassVar[str]  # the registry kind: "model", "loss", "dataset", ...
     builtins: ClassVar[tuple[str, ...]] = ()  # built-in names, offered as suggestions for typos
 
+    # Declared before `name`, whose validator reads it (pydantic validates fields in order).
+    module_dir: Optional[str] = Field(None, description=MODULE_DIR_DOC)
     name: str = Field(description="`module.path:function`, or a name registered with `fntrain.register_*`.")
     kwargs: Any = Field(default=FrozenMapping(), description="Keyword arguments for the function (a mapping).")
 
@@ -147,9 +160,9 @@ class _Custom(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_name(cls, v):
+    def _known_name(cls, v, info: ValidationInfo):
         if v not in cls.builtins:
-            registry.lookup(v, cls.kind, dict.fromkeys(cls.builtins))
+            registry.lookup(v, cls.kind, dict.fromkeys(cls.builtins), module_dir=info.data.get("module_dir"))
         return v
 
     @property
@@ -159,7 +172,7 @@ class _Custom(_Section):
 
     def function(self) -> Callable:
         """The named function (imported or looked up in the registry)."""
-        return registry.lookup(self.name, self.kind)
+        return registry.lookup(self.name, self.kind, module_dir=self.module_dir)
 
 
 # --------------------------------------------------------------------------- variants
@@ -246,15 +259,15 @@ class Variants:
         v = dict(v)
         if "name" not in v:
             if self.default is None:
-                raise ValueError(f"name: required key is missing; {self.what} needs a `name`, {self.choices()}")
+                raise ValueError(f"name: required; {self.choices()}")
             v["name"] = self.default
         name = v["name"]
         if not isinstance(name, str):
-            raise ValueError(f"name: expected a string, {self.choices()} (got {name!r})")
+            raise ValueError(f"name: expected a string, {self.choices()} (got {quote(name)})")
         if self.tag(name) is None:
-            close = self.suggestion(name)
+            close = self.suggestion(name) if len(name) <= 100 else None
             hint = f"; did you mean {close!r}?" if close else ""
-            raise ValueError(f"name: unknown {self.what} {name!r}{hint} ({self.choices()})")
+            raise ValueError(f"name: unknown {self.what} {quote(name)}{hint} ({self.choices()})")
         return v
 
     def pick(self, v) -> Optional[str]:

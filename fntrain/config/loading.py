@@ -1,62 +1,49 @@
-"""YAML in, ``Config`` out (and back): the safe loader, ``dotted.key=value`` overrides, dumping."""
+"""YAML in, ``Config`` out (and back): reading the file, ``dotted.key=value`` overrides, dumping.
+
+``reading`` reads the file and its YAML within bounds; ``paths`` makes the paths in it
+absolute (against the file's folder, or the working directory for overrides).
+"""
 
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fntrain import limits
+from fntrain.config import paths
 from fntrain.config.base import FrozenMapping
 from fntrain.config.messages import describe
+from fntrain.config.reading import parse_yaml, read_config_text
 from fntrain.config.schema import Config
 from fntrain.errors import ConfigError
+from fntrain.limits import quote
 
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 requires a dot)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """Parses YAML with the safe loader, reporting syntax errors as ConfigError."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+__all__ = ["apply_overrides", "config_to_dict", "dump_config", "load_config", "parse_override", "parse_yaml", "validate"]
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``"optimizer.learning_rate=3e-4"`` -> ``(("optimizer", "learning_rate"), 0.0003)``."""
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} must look like dotted.key=value, e.g. optimizer.learning_rate=3e-4")
-    return tuple(key.split(".")), parse_yaml(value, f"override {text!r}")
+        raise ConfigError(f"override {quote(text)} must look like dotted.key=value, e.g. optimizer.learning_rate=3e-4")
+    return tuple(key.split(".")), parse_yaml(value, f"override {quote(text)}")
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict, overrides: list[str], base_dir: Optional[Path] = None) -> dict:
     """Returns a copy of ``raw`` with each ``dotted.key=value`` set (sections created as needed).
 
     A value may be a whole section: ``optimizer.schedule={name: cosine, decay_steps: 500}``
     replaces the schedule, which is how to switch a variant whose old keys do not fit the new one.
+
+    Args:
+      raw: the parsed config.
+      overrides: ``dotted.key=value`` strings; values are parsed as YAML.
+      base_dir: what relative paths in the values are relative to (``fntrain.config.paths``);
+        None: they are left as written.
     """
     raw = copy.deepcopy(raw)
     for text in overrides:
@@ -67,9 +54,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a section")
+                raise ConfigError(f"override {quote(text)}: {quote('.'.join(path[: i + 1]))[1:-1]} is not a section")
             node = child
         node[path[-1]] = value
+        if base_dir is not None:
+            paths.resolve_override(raw, path, base_dir)
     return raw
 
 
@@ -80,8 +69,9 @@ def validate(raw: Any, source: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(describe(err, raw, Config) for err in e.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        errors = e.errors()
+        problems = [describe(err, raw, Config) for err in errors[: limits.MAX_PROBLEMS]]
+        raise ConfigError(f"{source}: {limits.listed(problems, len(errors))}") from None
     except ConfigError as e:  # raised outside a field validator (pydantic converts those)
         raise ConfigError(f"{source}: {e}") from None
 
@@ -89,38 +79,54 @@ def validate(raw: Any, source: str) -> Config:
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Reads, overrides and validates a YAML config file.
 
+    Relative paths (``data.path``, ``data.*_path``) and the folders of ``module.path:function``
+    names are resolved against the file's folder, or against the working directory for
+    values given in ``overrides`` (``fntrain.config.paths``).
+
     Args:
       path: the YAML file.
       overrides: ``dotted.key=value`` strings; values are parsed as YAML.
 
     Raises:
-      ConfigError: naming the file and every offending dotted key.
+      ConfigError: naming the file and every offending dotted key (the first
+        ``limits.MAX_PROBLEMS`` of them, then how many more).
 
     Example:
       >>> config = load_config("configs/digits_mlp.yaml", ["optimizer.learning_rate=3e-4"])
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from None
-    raw = parse_yaml(text, str(path))
+    raw = parse_yaml(read_config_text(path), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, list(overrides))
+    cwd = _working_directory()
+    raw = paths.resolve(raw, cwd / path.parent)
+    raw = apply_overrides(raw, list(overrides), cwd)
     if raw.get("output_dir") is None:
         raw["output_dir"] = str(Path("runs") / path.stem)
     return validate(raw, str(path))
 
 
+def _working_directory() -> Path:
+    try:
+        return Path.cwd()
+    except OSError as e:  # removed while we stood in it
+        raise ConfigError(f"the working directory cannot be read ({e.strerror}); cd to an existing one") from None
+
+
+# Written only when set: a config validated from Python (not loaded from a file) has none.
+_ONLY_WHEN_SET = (paths.MODULE_DIR, paths.METRICS_MODULE_DIR)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         fields = sorted(type(value).model_fields, key=lambda f: f != "name")  # name first: it picks the rest
-        return {name: _plain(getattr(value, name)) for name in fields}
+        return {
+            name: _plain(getattr(value, name))
+            for name in fields
+            if name not in _ONLY_WHEN_SET or getattr(value, name) is not None
+        }
     if isinstance(value, FrozenMapping):
         return value.thaw()
     if isinstance(value, tuple):

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional
 import yaml
 
 from fntrain.config.base import CUSTOM_TAG, Variants, field_kind
+from fntrain.limits import quote, shorten
 
 
 class _Place(NamedTuple):
@@ -54,7 +55,8 @@ def dotted(parts: list) -> str:
     """``["callbacks", 0, "name"]`` -> ``"callbacks[0].name"``."""
     out = ""
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        part = part if isinstance(part, int) else shorten(str(part), 40)
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
 
 
@@ -69,9 +71,9 @@ def _node(raw: Any, parts: list) -> Any:
 
 def _flow(mapping: dict) -> str:
     try:
-        return yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=10**6).strip()
-    except yaml.YAMLError:
-        return "{name: " + str(mapping.get("name")) + "}"
+        return shorten(yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=10**6).strip(), 200)
+    except (yaml.YAMLError, RecursionError):
+        return "{name: " + shorten(str(mapping.get("name")), 80) + "}"
 
 
 def _owners(variants: Variants, tags: list[str]) -> str:
@@ -95,6 +97,8 @@ def _unknown_key(place: _Place, key: str, raw: Any) -> str:
                 f"change the {variants.what}, replace the whole section, e.g. {dotted(place.section)}={example}"
             )
     allowed = list(holder.model_fields) if holder is not None else []
+    if len(field) > 100:  # no suggestion for a key that long (difflib's cost grows with it)
+        return f"{key}: unknown key"
     close = difflib.get_close_matches(field, allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     if not close and variants is not None:
@@ -123,6 +127,7 @@ def describe(error: dict, raw: Any, root: type) -> str:
     field, sep, rest = message.partition(": ")
     if sep and re.fullmatch(r"[a-z_][a-z0-9_]*", field):  # a cross-field check naming its field (or kwarg: b1)
         key, message = f"{key}.{field}" if key else field, rest
+    message = shorten(message, 600)
     got = error.get("input")
-    shown = "" if isinstance(got, dict) or got is None or repr(got) in message else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or got is None or quote(got) in message else f" (got {quote(got)})"
     return f"{key}: {message}{shown}" if key else f"{message}"

@@ -20,7 +20,16 @@ Generated from the schema in `fntrain/config/` by `python scripts/config_referen
 a test fails when they disagree. Unknown keys are errors, and so is a key that belongs to
 another variant (`loss.label_smoothing` with `loss.name: mse`): to switch a variant from the
 command line, replace its whole section, e.g. `optimizer.schedule={name: cosine}`. `1e-3` is
-read as a number.
+read as a number; no float key takes `.inf` or `.nan`, and counts (steps, widths, batch sizes)
+stay below 2^31.
+
+Relative paths in `data` (`path` and every `*_path` key) are relative to the config file's
+folder, and a `module.path:function` name is imported from that folder (`module_dir`); for a
+value given as a `dotted.key=value` override, both are relative to the working directory. The
+resolved config, and the `config.yaml` a run saves, holds them as absolute paths.
+
+A config file is at most 1 MiB of UTF-8 YAML; a key may appear once in a mapping, nesting goes
+64 levels deep at most, and aliases may expand the document to 100,000 nodes at most.
 """
 
 # Keys that every variant of a section shares, shown once in a table of their own.

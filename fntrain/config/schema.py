@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
+from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from fntrain import registry
 from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Custom, _Section
@@ -16,6 +16,7 @@ from fntrain.config.data import DataConfig
 from fntrain.config.loss import LossConfig, SoftmaxCrossEntropyLoss
 from fntrain.config.model import ModelConfig
 from fntrain.config.optim import AdamOptimizer, OptimizerConfig
+from fntrain.limits import quote
 
 # --------------------------------------------------------------------------- loop and log
 
@@ -132,10 +133,10 @@ class CallbackConfig(_Custom):
     name: str = Field(description="`module.path:factory`, or a name registered with `fntrain.register_callback`.")
 
 
-def _known_metric(name: str) -> str:
+def _known_metric(name: str, info: ValidationInfo) -> str:
     from fntrain.metrics import METRICS  # lazily: it imports jax, and the list grows there
 
-    registry.lookup(name, "metric", METRICS)
+    registry.lookup(name, "metric", METRICS, module_dir=info.data.get("metrics_module_dir"))
     return name
 
 
@@ -165,6 +166,12 @@ class Config(_Section):
         "model_state, batch, key) -> (loss, (model_state, metrics))`; `name` is `module.path:function` or a name "
         "registered with `fntrain.register_objective`. null: `loss` on (inputs, targets) batches. Set either "
         "`objective` or a `loss` section, and no `metrics` (the objective returns its own).",
+    )
+    # Declared before `metrics`, whose validator reads it (pydantic validates fields in order).
+    metrics_module_dir: Optional[str] = Field(
+        None,
+        description="The folder the modules of `module.path:function` names in `metrics` are imported from, "
+        "as `module_dir` is for a section's `name`; `fntrain train` fills it in.",
     )
     metrics: Optional[tuple[MetricName, ...]] = Field(
         None,
@@ -198,7 +205,7 @@ class Config(_Section):
     def _each_metric_once(cls, v):
         if v is not None and len(set(v)) != len(v):
             twice = sorted({m for m in v if v.count(m) > 1})
-            raise ValueError(f"{', '.join(map(repr, twice))} listed twice; list each metric once")
+            raise ValueError(f"{', '.join(map(quote, twice[:5]))} listed twice; list each metric once")
         return v
 
     @model_validator(mode="after")
