@@ -24,6 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -219,21 +220,22 @@ def check_print_config(text: str, overrides: list[str], folder: Path) -> None:
         assert out.getvalue() == ""
 
 
-def test_mutated_configs_validate_or_are_refused_in_one_line(tmp_path_factory):
+@pytest.mark.parametrize("examples", [60, pytest.param(250, marks=pytest.mark.slow)])
+def test_mutated_configs_validate_or_are_refused_in_one_line(tmp_path_factory, examples):
     folder = tmp_path_factory.mktemp("fuzz")
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        run_property(folder)
+        run_property(folder, examples)
     finally:
         os.chdir(cwd)
     growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
     assert growth < RSS_GROWTH, f"peak RSS grew by {growth / 2**20:.0f} MiB"
 
 
-def run_property(folder: Path) -> None:
-    @settings(max_examples=250, deadline=None, derandomize=True, database=None,
+def run_property(folder: Path, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(mutated())
     def prop(example):
