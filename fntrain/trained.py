@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -81,8 +82,8 @@ class TrainedRun:
         x = np.asarray(x)
         if x.ndim == 0 or tuple(x.shape[1:]) != self.input_shape:
             got = "a scalar" if x.ndim == 0 else str(tuple(x.shape[1:]))
-            raise ConfigError(f"{where}: expected rows of shape {self.input_shape} (an array "
-                              f"[N, {', '.join(map(str, self.input_shape))}]), got {got}")
+            size = f" ({math.prod(self.input_shape)} values each)" if len(self.input_shape) > 1 else ""
+            raise ConfigError(f"{where}: expected rows of shape {self.input_shape}{size}, got {got}")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ConfigError(f"{where}: expected numbers ({self.input_dtype}), got {x.dtype}")
         if np.issubdtype(self.input_dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
@@ -109,8 +110,8 @@ class TrainedRun:
           ConfigError: ``x`` does not fit the network (see ``check_inputs``), or a bad batch_size.
         """
         x = self.check_inputs(x)
-        size = batch_size or self.config.data.eval_batch_size or 4 * self.config.data.batch_size
-        if int(size) != size or size < 1:
+        size = batch_size if batch_size is not None else self.config.data.eval_batch_size or 4 * self.config.data.batch_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         row = self.output_row()
         outputs = []
