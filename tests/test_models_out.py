@@ -218,6 +218,24 @@ def test_exported_model_runs_with_jax_alone(digits, regression, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.y.npy"), expected[name], rtol=1e-6, atol=1e-6)
 
 
+def test_export_falls_back_to_the_current_platform_and_says_why(digits, tmp_path, capsys, monkeypatch):
+    real = jax.export.export
+
+    def no_cuda(fn, *, platforms=None, **kwargs):
+        if "cuda" in (platforms or ()):
+            raise NotImplementedError("no cuda lowering for this kernel\nmore detail")
+        return real(fn, platforms=platforms, **kwargs)
+
+    monkeypatch.setattr(jax.export, "export", no_cuda)
+    assert cli.main(["export", str(digits), "-o", str(tmp_path / "m.jaxexport")]) == 0
+    captured = capsys.readouterr()
+    assert "platforms cpu" in captured.out
+    assert captured.err == ("warning: lowering for cuda failed: no cuda lowering for this kernel; exported for cpu "
+                            "only\n")
+    exp = jax.export.deserialize((tmp_path / "m.jaxexport").read_bytes())
+    assert exp.platforms == ("cpu",)
+
+
 def test_cli_help_lists_predict_and_export(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
@@ -244,8 +262,14 @@ def _trained_state(width: int = 8, steps: int = 3, key=None) -> ft.TrainState:
     return ts
 
 
+def _raw_key(ts: ft.TrainState) -> ft.TrainState:
+    typed = jax.dtypes.issubdtype(ts.key.dtype, jax.dtypes.prng_key)
+    return ts._replace(key=jax.random.key_data(ts.key) if typed else ts.key)
+
+
 def _assert_bit_equal(a: ft.TrainState, b: ft.TrainState) -> None:
-    raw = lambda ts: ts._replace(key=jax.random.key_data(ts.key) if jax.dtypes.issubdtype(ts.key.dtype, jax.dtypes.prng_key) else ts.key)  # noqa: E731
+    """Same tree, and every leaf (the key as its raw data) equal bit for bit, dtype included."""
+    raw = _raw_key
     la, lb = jax.tree_util.tree_leaves_with_path(raw(a)), jax.tree.leaves(raw(b))
     assert len(la) == len(lb) and jax.tree.structure(raw(a)) == jax.tree.structure(raw(b))
     for (path, x), y in zip(la, lb):
