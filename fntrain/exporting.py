@@ -23,12 +23,12 @@ from fntrain import storage
 from fntrain.errors import ConfigError
 from fntrain.limits import first_line
 
-__all__ = ["Exported", "export_forward", "export_run"]
+__all__ = ["ExportedRun", "export_forward", "export_run"]
 
 WANTED = ("cpu", "cuda")  # lowered for too, besides the current platform, where possible
 
 
-class Exported(NamedTuple):
+class ExportedRun(NamedTuple):
     """What ``export_run`` wrote.
 
     Attributes:
@@ -48,7 +48,8 @@ class Exported(NamedTuple):
 def _current_platform() -> str:
     platform = jax.devices()[0].platform
     if platform == "gpu":
-        platform = "rocm" if "rocm" in jax.devices()[0].client.platform_version.lower() else "cuda"
+        version = str(getattr(getattr(jax.devices()[0], "client", None), "platform_version", ""))
+        platform = "rocm" if "rocm" in version.lower() else "cuda"
     return platform
 
 
@@ -76,7 +77,7 @@ def export_forward(run, platforms: Optional[Sequence[str]] = None) -> tuple[jax.
     raise AssertionError("unreachable")
 
 
-def export_run(run_dir, path, *, platforms: Optional[Sequence[str]] = None) -> Exported:
+def export_run(run_dir, path, *, platforms: Optional[Sequence[str]] = None) -> ExportedRun:
     """Exports a finished run's forward pass to ``path`` (written atomically), see the module docstring.
 
     Args:
@@ -95,5 +96,5 @@ def export_run(run_dir, path, *, platforms: Optional[Sequence[str]] = None) -> E
     path = Path(path)
     storage.atomic_write(path, bytes(exported.serialize()))
     (spec,), (out,) = exported.in_avals, exported.out_avals
-    return Exported(path, tuple(exported.platforms), skipped, jax.ShapeDtypeStruct(spec.shape, spec.dtype),
+    return ExportedRun(path, tuple(exported.platforms), skipped, jax.ShapeDtypeStruct(spec.shape, spec.dtype),
                     jax.ShapeDtypeStruct(out.shape, out.dtype))
