@@ -25,12 +25,15 @@ _EXPORTS = {
     "RunInfo": "fntrain.callbacks",
     "TrainResult": "fntrain.loop",
     "TrainState": "fntrain.state",
+    "TrainedRun": "fntrain.trained",
     "callbacks": "fntrain.callbacks",
     "data": "fntrain.data",
     "evaluate": "fntrain.evaluation",
+    "export_run": "fntrain.exporting",
     "fused": "fntrain.step",
     "jit_step": "fntrain.step",
     "load_config": "fntrain.config",
+    "load_run": "fntrain.trained",
     "losses": "fntrain.losses",
     "make_eval_step": "fntrain.step",
     "make_step": "fntrain.step",
@@ -44,6 +47,8 @@ _EXPORTS = {
     "register_metric": "fntrain.registry",
     "register_model": "fntrain.registry",
     "register_objective": "fntrain.registry",
+    "restore_checkpoint": "fntrain.checkpoint_api",
+    "save_checkpoint": "fntrain.checkpoint_api",
     "skipping_nonfinite": "fntrain.step",
     "supervised_loss": "fntrain.step",
     "train": "fntrain.loop",
@@ -72,9 +77,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from fntrain import callbacks, data, losses, metrics, nn
     from fntrain.callbacks import CallbackError, RunInfo
+    from fntrain.checkpoint_api import restore_checkpoint, save_checkpoint
     from fntrain.config import Config, load_config
     from fntrain.errors import ConfigError
     from fntrain.evaluation import evaluate
+    from fntrain.exporting import export_run
     from fntrain.loop import TrainResult, train
     from fntrain.registry import (
         register_callback,
@@ -88,3 +95,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from fntrain.step import (
         fused, jit_step, make_eval_step, make_step, make_train_step, on_rows, skipping_nonfinite, supervised_loss,
     )
+    from fntrain.trained import TrainedRun, load_run

@@ -1,4 +1,4 @@
-"""The ``fntrain`` command: ``train``, ``eval``, ``gradcheck``.
+"""The ``fntrain`` command: ``train``, ``eval``, ``gradcheck``, ``plot``, ``runs``, ``predict``, ``export``.
 
 Exit codes: 0 success; 2 a bad config, override, file or data, a run directory that is
 in use or not fntrain's, or a file that cannot be written (a full disk, a read-only
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fntrain", description="Train JAX networks from YAML configs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck,plot,runs}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck,plot,runs,predict,export}", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a config", description="Train the network a YAML config describes.")
     train.add_argument("config", help="the YAML config file")
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_tools(sub)
+    _add_model_tools(sub)
     return parser
 
 
@@ -87,6 +88,52 @@ def _add_tools(sub) -> None:
     runs.add_argument("folder", nargs="?", default="runs", help="the folder to look in (default runs)")
     runs.add_argument("--sort", default=None, help="sort by a column: name, status, steps, best, best_step, test, wall_time_s")
     runs.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
+
+def _add_model_tools(sub) -> None:
+    """The ``predict`` and ``export`` commands: they use a finished run's network."""
+    predict = sub.add_parser(
+        "predict", help="predict with a trained run",
+        description="Run a finished run's network (evaluation mode) on the rows of a file and write the outputs "
+        "(for classifiers also classes and probabilities) to a .npz file.",
+    )
+    predict.add_argument("run", metavar="RUN_DIR", help="the run directory (its output_dir)")
+    predict.add_argument("--input", required=True, metavar="FILE", help="the inputs: .npz, .npy or numeric .csv")
+    predict.add_argument("--key", default=None, help="the array of a .npz input (default x, or its only array)")
+    predict.add_argument("--output", required=True, metavar="FILE", help="the .npz to write (e.g. preds.npz)")
+    predict.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: the run's eval batch size)")
+    export = sub.add_parser(
+        "export", help="export a trained run with jax.export",
+        description="Serialise a finished run's evaluation-mode forward pass, parameters included and the batch "
+        "dimension symbolic, with jax.export: jax.export.deserialize(open(FILE, 'rb').read()).call(x).",
+    )
+    export.add_argument("run", metavar="RUN_DIR", help="the run directory (its output_dir)")
+    export.add_argument("-o", "--output", default="model.jaxexport", help="the file to write (default model.jaxexport)")
+
+
+def _predict(args) -> int:
+    from fntrain.prediction import prediction_arrays, read_inputs, write_predictions
+    from fntrain.trained import load_run
+
+    run = load_run(args.run)
+    x = read_inputs(args.input, key=args.key, input_shape=run.input_shape)
+    x = run.check_inputs(x, where=args.input)
+    arrays = prediction_arrays(run.predict(x, batch_size=args.batch_size), run.head)
+    path = write_predictions(args.output, arrays)
+    shapes = ", ".join(f"{name} {list(a.shape)}" for name, a in arrays.items())
+    print(f"wrote {path}: {shapes}")
+    return 0
+
+
+def _export(args) -> int:
+    from fntrain.exporting import export_run
+
+    done = export_run(args.run, args.output)
+    shape = lambda s: f"[{', '.join(map(str, s.shape))}] {s.dtype}"  # noqa: E731
+    print(f"wrote {done.path}: {shape(done.input)} -> {shape(done.output)}, platforms {', '.join(done.platforms)}")
+    if done.skipped:
+        print(f"warning: {done.skipped}; exported for {', '.join(done.platforms)} only", file=sys.stderr)
+    return 0
 
 
 def _plot(args) -> int:
@@ -212,7 +259,8 @@ def _main(argv: list[str] | None) -> int:
     from fntrain.storage import describe
 
     try:
-        commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "plot": _plot, "runs": _runs}
+        commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "plot": _plot, "runs": _runs,
+                    "predict": _predict, "export": _export}
         return commands[args.command](args)
     except (ConfigError, DataError) as e:
         message = str(e)

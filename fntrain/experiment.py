@@ -52,6 +52,19 @@ def build_splits(config: cfg.Config) -> data_lib.Splits:
     return builders.build_data(config.data, seed=config.seed, key=key, targets=builders.data_targets(config))
 
 
+def build_network(config: cfg.Config, splits: data_lib.Splits) -> nn.Module:
+    """The run's network: the model section sized by the data (output width, one example's
+    shape), with the target transform of ``data.standardize_targets`` and the configured
+    precision. ``fntrain.load_run`` rebuilds a trained run's network with it."""
+    num_outputs = builders.infer_num_outputs(splits, config.loss)
+    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+    if getattr(config.data, "standardize_targets", False):
+        net = targets_lib.standardized_outputs(net, splits.train.y, config)
+    if config.precision != "float32":
+        net = nn.mixed_precision(net, config.precision)
+    return net
+
+
 def build_experiment(config: cfg.Config) -> Experiment:
     """Builds data, network and loss, and initialises parameters.
 
@@ -61,12 +74,7 @@ def build_experiment(config: cfg.Config) -> Experiment:
     """
     keys = seed_keys(config.seed)
     splits = build_splits(config)
-    num_outputs = builders.infer_num_outputs(splits, config.loss)
-    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
-    if getattr(config.data, "standardize_targets", False):
-        net = targets_lib.standardized_outputs(net, splits.train.y, config)
-    if config.precision != "float32":
-        net = nn.mixed_precision(net, config.precision)
+    net = build_network(config, splits)
     loss, loss_fn = build_objective(config, net)
     x, y = splits.train.x[:2], splits.train.y[:2]
     objective = f"objective {quote(config.objective.name)}" if config.objective else f"loss {config.loss.name!r}"

@@ -22,7 +22,7 @@ from fntrain.data.prefetch import Prefetcher, prefetch
 from fntrain.data.sequences import make_sequence_order
 from fntrain.data.sources import Arrays, load_digits, make_classification, make_regression
 from fntrain.data.splits import Splits, complete_splits, load_splits, moments, split_arrays, standardize
-from fntrain.data.tables import csv_part, load_csv
+from fntrain.data.tables import csv_part, load_csv, load_csv_matrix
 from fntrain.data.text import decode, load_char_lm, unigram_baseline
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "label_range",
     "load_char_lm",
     "load_csv",
+    "load_csv_matrix",
     "load_digits",
     "load_idx",
     "load_npy",

@@ -12,7 +12,7 @@ from fntrain.data.checks import Part
 from fntrain.data.errors import DataError
 from fntrain.data.sources import Arrays
 
-__all__ = ["csv_part", "load_csv"]
+__all__ = ["csv_part", "load_csv", "load_csv_matrix"]
 
 
 def _is_number(s: str) -> bool:
@@ -150,3 +150,28 @@ def load_csv(
     """
     return csv_part(path, target_column=target_column, header=header, delimiter=delimiter,
                     target_dtype=target_dtype).arrays
+
+
+def load_csv_matrix(path: str | os.PathLike, *, header: bool | None = None, delimiter: str = ",") -> np.ndarray:
+    """A numeric CSV table (UTF-8) with no target column, e.g. the inputs of ``fntrain predict``.
+
+    Args:
+      path, header, delimiter: as for :func:`load_csv` (a header row is auto-detected the same way).
+
+    Returns:
+      ``[N, F] float64``, one row per non-blank line.
+
+    Raises:
+      DataError: as for :func:`load_csv`.
+    """
+    path = os.fspath(path)
+    rows = _read_rows(path, delimiter)
+    if not rows:
+        raise DataError(f"{path}: no rows; expected a CSV table")
+    if header is None:
+        header = not all(_is_number(c) for c in rows[0][1])
+    names = [c.strip() for c in rows[0][1]] if header else None
+    body = rows[1:] if header else rows
+    if not body:
+        raise DataError(f"{path}: no data rows after the header")
+    return _parse(path, body, len(names) if names is not None else len(body[0][1]), names)
