@@ -6,6 +6,7 @@ import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import numpy as np
 
 from fntrain import builders
 from fntrain import config as cfg
@@ -29,6 +30,7 @@ class Experiment(NamedTuple):
       loss_fn: the step's ``loss_fn(params, model_state, batch, key)``.
       params, model_state: the initial parameters and model state.
       keys: the PRNG keys drawn from the seed: ``init``, ``split``, ``shuffle``, ``step``.
+      shapes: what sizes the network besides the config (``network_shapes``).
     """
 
     splits: data_lib.Splits
@@ -38,6 +40,7 @@ class Experiment(NamedTuple):
     params: Any
     model_state: Any
     keys: dict[str, jax.Array]
+    shapes: dict[str, Any]
 
 
 def seed_keys(seed: int) -> dict[str, jax.Array]:
@@ -52,17 +55,38 @@ def build_splits(config: cfg.Config) -> data_lib.Splits:
     return builders.build_data(config.data, seed=config.seed, key=key, targets=builders.data_targets(config))
 
 
-def build_network(config: cfg.Config, splits: data_lib.Splits) -> nn.Module:
-    """The run's network: the model section sized by the data (output width, one example's
-    shape), with the target transform of ``data.standardize_targets`` and the configured
-    precision. ``fntrain.load_run`` rebuilds a trained run's network with it."""
-    num_outputs = builders.infer_num_outputs(splits, config.loss)
-    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
+def network_shapes(config: cfg.Config, splits: data_lib.Splits) -> dict[str, Any]:
+    """What sizes the network besides the config: one example's shape and dtype, the
+    output width and one target's shape, e.g. ``{"input_shape": [8, 8, 1], "input_dtype":
+    "float32", "num_outputs": 10, "target_shape": []}`` (kept in ``summary.json``, so a
+    trained run loads without its data)."""
+    x, y = splits.train.x, splits.train.y
+    return {"input_shape": [int(d) for d in x.shape[1:]], "input_dtype": str(x.dtype),
+            "num_outputs": builders.infer_num_outputs(splits, config.loss),
+            "target_shape": [int(d) for d in y.shape[1:]]}
+
+
+def build_network(config: cfg.Config, shapes: dict[str, Any], train_targets=None) -> nn.Module:
+    """The run's network: the model section sized by ``network_shapes``, with the target
+    transform of ``data.standardize_targets`` and the configured precision.
+
+    Args:
+      train_targets: the training targets ``[N, ...]`` whose mean and std the target
+        transform holds; None for a trained run (``fntrain.load_run``), whose saved model
+        state replaces the placeholders (mean 0, std 1).
+    """
+    net = builders.build_model(config.model, shapes["num_outputs"], tuple(shapes["input_shape"]))
     if getattr(config.data, "standardize_targets", False):
-        net = targets_lib.standardized_outputs(net, splits.train.y, config)
-    if config.precision != "float32":
-        net = nn.mixed_precision(net, config.precision)
-    return net
+        if train_targets is not None:
+            net = targets_lib.standardized_outputs(net, train_targets, config)
+        else:
+            target = tuple(shapes["target_shape"])
+            net = targets_lib.scale_outputs(net, np.zeros(target, np.float32), np.ones(target, np.float32))
+    return _with_precision(net, config)
+
+
+def _with_precision(net: nn.Module, config: cfg.Config) -> nn.Module:
+    return nn.mixed_precision(net, config.precision) if config.precision != "float32" else net
 
 
 def build_experiment(config: cfg.Config) -> Experiment:
@@ -74,28 +98,29 @@ def build_experiment(config: cfg.Config) -> Experiment:
     """
     keys = seed_keys(config.seed)
     splits = build_splits(config)
-    net = build_network(config, splits)
+    shapes = network_shapes(config, splits)
+    net = build_network(config, shapes, splits.train.y)
     loss, loss_fn = build_objective(config, net)
     x, y = splits.train.x[:2], splits.train.y[:2]
     objective = f"objective {quote(config.objective.name)}" if config.objective else f"loss {config.loss.name!r}"
     _check_memory(config, net, keys["init"], splits)
     try:
         params, model_state = _init(net, keys["init"], x, config)
-        shapes = jax.eval_shape(loss_fn, params, model_state, (x, y), None)
+        loss_shapes = jax.eval_shape(loss_fn, params, model_state, (x, y), None)
     except (TypeError, ValueError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"the data (inputs {x.shape[1:]} {x.dtype}, targets {y.shape[1:]} {y.dtype}) does not fit "
             f"model {config.model.name!r} with {objective}: {detail}"
         ) from None
-    _check_loss_fn(shapes, objective)
+    _check_loss_fn(loss_shapes, objective)
     targets_lib.check_outputs(net, params, model_state, splits, config)
     if config.log.layer_stats and net.name != "serial":
         raise ConfigError(
             f"log.layer_stats needs a sequential network (fntrain.nn.serial or named_serial, as every built-in "
             f"model is); model {config.model.name!r} is not one"
         )
-    return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
+    return Experiment(splits, net, loss, loss_fn, params, model_state, keys, shapes)
 
 
 def _check_memory(config: cfg.Config, net: nn.Module, key: jax.Array, splits: data_lib.Splits) -> None:

@@ -539,6 +539,7 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
         "examples_per_second": clock.examples / max(train_seconds, 1e-9),
         "steady_examples_per_second": clock.steady_examples / clock.steady_seconds if clock.steady_seconds else None,
         "num_params": nn.count_params(ts.params),
+        "network": run.exp.shapes,  # what fntrain.load_run sizes the network by
         "devices": [str(d) for d in run.placement.mesh.devices.flat],
         "processes": jax.process_count(),
     }

@@ -2,7 +2,7 @@
 
 ``load_run(run_dir)`` reads what the loop wrote (``config.yaml``, ``params.npz``,
 ``summary.json``) and rebuilds the network from the config with the same builder the run
-used (:func:`fntrain.experiment.build_network`), sized by the run's data; ``params.npz``
+used (:func:`fntrain.experiment.build_network`), sized as ``summary.json`` records; ``params.npz``
 (never unpickled) then fills parameters and model state, batch-norm statistics and the
 ``target_scale`` constants of ``data.standardize_targets`` included, so predictions are in
 the targets' original units, as the run's evaluation reports them.
@@ -147,20 +147,21 @@ def _read_summary(path: Path) -> dict[str, Any]:
 def load_run(run_dir) -> TrainedRun:
     """Loads a finished run's network and parameters (see the module docstring).
 
-    The run's data must still be readable: the network's input shape and output width
-    come from it, as in training (an exported model, ``fntrain.export_run``, needs nothing).
+    The network is sized by ``summary.json``'s ``network`` entry; a run written before it
+    existed is sized by its data, which must then still be readable.
 
     Raises:
       ConfigError: no such directory, not a run, a damaged ``params.npz``, or parameters
         that do not match the config's network; one line each.
     """
-    from fntrain.experiment import build_network, build_splits, seed_keys
+    from fntrain.experiment import build_network, seed_keys
 
     path = Path(run_dir)
     config = _read_config(path)
-    splits = build_splits(config)
-    net = build_network(config, splits)
-    example = jax.ShapeDtypeStruct(splits.train.x.shape[1:], splits.train.x.dtype)
+    summary = _read_summary(path)
+    shapes = _network_shapes(path, config, summary)
+    net = build_network(config, shapes)
+    example = jax.ShapeDtypeStruct(tuple(shapes["input_shape"]), np.dtype(shapes["input_dtype"]))
     x = jax.ShapeDtypeStruct((2, *example.shape), example.dtype)
     params_like, state_like = jax.eval_shape(net.init, seed_keys(config.seed)["init"], x)
     try:
@@ -171,4 +172,23 @@ def load_run(run_dir) -> TrainedRun:
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ConfigError(f"{str(path / PARAMS)!r} is damaged ({detail}); train the run again") from None
     params, model_state = jax.device_put((params, model_state))
-    return TrainedRun(path, config, net, params, model_state, _read_summary(path), example)
+    return TrainedRun(path, config, net, params, model_state, summary, example)
+
+
+def _network_shapes(path: Path, config: cfg.Config, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s ``network`` entry, checked; from the run's data when there is none."""
+    from fntrain.experiment import build_splits, network_shapes
+
+    shapes = summary.get("network")
+    if shapes is None:
+        return network_shapes(config, build_splits(config))
+    try:
+        ok = (isinstance(shapes, dict) and isinstance(shapes["num_outputs"], int) and shapes["num_outputs"] >= 1
+              and all(isinstance(d, int) and d >= 0 for d in [*shapes["input_shape"], *shapes["target_shape"]]))
+        np.dtype(shapes["input_dtype"])
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{str(path / SUMMARY)!r}: its 'network' entry is damaged; expected input_shape, "
+                          f"input_dtype, num_outputs and target_shape as the run wrote them")
+    return shapes

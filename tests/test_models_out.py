@@ -79,6 +79,25 @@ def test_predict_gives_regression_outputs_in_the_targets_units(regression):
     assert mse == pytest.approx(_test_metrics(run)["loss"], rel=1e-6)  # float32 outputs, float64 sums
 
 
+def test_a_run_loads_and_predicts_after_its_data_file_is_gone(tmp_path):
+    """summary.json records what sizes the network, so a run moved to another machine
+    without its data still loads; standardized targets come back in their units."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=(5, 2)) * 30 + 100).astype(np.float32)
+    data = tmp_path / "table.npz"
+    np.savez(data, x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    out = _train("configs/regression_mlp.yaml", tmp_path / "run", [
+        *REGRESSION[:2], f"data={{name: npz, path: {data}, val_fraction: 0.2, standardize_targets: true}}"])
+    before = ft.load_run(out).predict(x[80:])
+    data.unlink()
+    run = ft.load_run(out)
+    assert run.summary["network"] == {"input_shape": [5], "input_dtype": "float32", "num_outputs": 2, "target_shape": [2]}
+    np.testing.assert_array_equal(run.predict(x[80:]), before)
+    mse = np.mean((before.astype(np.float64) - y[80:]) ** 2)
+    assert mse == pytest.approx(_test_metrics(run)["loss"], rel=1e-6)
+
+
 def test_predict_takes_any_number_of_rows_and_compiles_once(digits):
     run = ft.load_run(digits)
     x = ft.data.load_splits(run.config).test.x[:40]
