@@ -43,7 +43,7 @@ from fntrain.guards import CompileGuard, check_donation
 from fntrain.layer_grads import layer_stats
 from fntrain.opening import Opening, open_run, prepare
 from fntrain.parallel import DATA_AXIS, Placement, gather_to_host, initialize_distributed, make_placement, to_host
-from fntrain.progress import Progress
+from fntrain.progress import Progress, format_values
 from fntrain.rundir import HISTORY, RunDir
 from fntrain.signals import Interrupted
 from fntrain.tensorboard import TensorBoard
@@ -501,7 +501,7 @@ def _finish(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock) -> TrainR
     summary = _summary(run, ts, loop, clock, train_seconds)
     run.run_dir.write_summary(summary)
     for split, values in loop.final.items():
-        run.say(f"final {split}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        run.say(f"final {split}: " + format_values(values))
     result = TrainResult(ts, loop.final, summary, str(run.run_dir.path))
     run.callbacks.on_train_end(result)
     _say_where(run)

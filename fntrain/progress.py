@@ -7,7 +7,8 @@ import time
 from typing import TextIO
 
 
-def _format(values: dict[str, float]) -> str:
+def format_values(values: dict[str, float]) -> str:
+    """``"loss 0.0143 accuracy 0.9978 nonfinite_steps 0"``: four significant digits."""
     return " ".join(f"{k} {v:.4g}" for k, v in values.items())
 
 
@@ -46,11 +47,11 @@ class Progress:
         rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
         if self.bar is not None:
             self.bar.update(step - self._last_step)
-            self.bar.set_postfix_str(f"{_format(shown)} | {rate:,.0f} ex/s", refresh=True)
+            self.bar.set_postfix_str(f"{format_values(shown)} | {rate:,.0f} ex/s", refresh=True)
         elif self.mode == "lines":
             done = max(step - self.start_step, 1)
             eta = (now - self.start) / done * (self.total - step)
-            self.write(f"step {step}/{self.total} | {_format(shown)} | {rate:,.0f} ex/s | eta {eta:.0f}s")
+            self.write(f"step {step}/{self.total} | {format_values(shown)} | {rate:,.0f} ex/s | eta {eta:.0f}s")
         self._last_time, self._last_step = now, step
 
     def on_train_end(self, result) -> None:
