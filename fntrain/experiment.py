@@ -62,11 +62,7 @@ def build_experiment(config: cfg.Config) -> Experiment:
     keys = seed_keys(config.seed)
     splits = build_splits(config)
     num_outputs = builders.infer_num_outputs(splits, config.loss)
-    net = builders.build_model(config.model, num_outputs, splits.train.x.shape[1:])
-    if getattr(config.data, "standardize_targets", False):
-        net = targets_lib.standardized_outputs(net, splits.train.y, config)
-    if config.precision != "float32":
-        net = nn.mixed_precision(net, config.precision)
+    net = build_network(config, num_outputs, splits.train.x.shape[1:], splits.train.y)
     loss, loss_fn = build_objective(config, net)
     x, y = splits.train.x[:2], splits.train.y[:2]
     objective = f"objective {quote(config.objective.name)}" if config.objective else f"loss {config.loss.name!r}"
@@ -88,6 +84,17 @@ def build_experiment(config: cfg.Config) -> Experiment:
             f"model is); model {config.model.name!r} is not one"
         )
     return Experiment(splits, net, loss, loss_fn, params, model_state, keys)
+
+
+def build_network(config: cfg.Config, num_outputs: int, input_shape: tuple, train_y=None) -> nn.Module:
+    """The config's network for ``num_outputs`` outputs and examples of ``input_shape``, with
+    standardized outputs (from ``train_y``, the training targets) and mixed precision as configured."""
+    net = builders.build_model(config.model, num_outputs, input_shape)
+    if getattr(config.data, "standardize_targets", False):
+        net = targets_lib.standardized_outputs(net, train_y, config)
+    if config.precision != "float32":
+        net = nn.mixed_precision(net, config.precision)
+    return net
 
 
 def _check_memory(config: cfg.Config, net: nn.Module, key: jax.Array, splits: data_lib.Splits) -> None:
