@@ -66,6 +66,13 @@ class PopulationConfig(_Section):
                     raise ValueError(f"{quote(key)}: expected finite numbers, got {value!r}")
             if len(set(values)) != len(values):
                 raise ValueError(f"{quote(key)}: lists a value twice; list each value once")
+        rates = v.get("model.dropout_rate")
+        if rates is not None and 0 in rates and any(rates):
+            raise ValueError(
+                "'model.dropout_rate': a rate of 0 builds the network without its dropout layers, which changes "
+                "its layers (and the keys they draw); grid over positive rates only, and train rate 0 as a "
+                "separate run"
+            )
         # Every key a grid takes is a float field: 0 is 0.0 there.
         return FrozenMapping({k: [float(x) for x in values] for k, values in v.items()})
 

@@ -314,10 +314,10 @@ def evaluate_split(run: _Run, ts: TrainState, loop: PopulationLoop, split: str, 
 
     results = evaluate_members(run.eval_step, ts, run.values, getattr(run.data, split), run.data.index,
                                _eval_batch_size(run.config), pad=run.pad)
-    epoch = run.cadence.epoch(loop.step)
     for m in members:
-        run.callbacks.on_log(loop.step, split, {"member": m, "epoch": epoch, **results[m]})
-        run.callbacks.on_eval(loop.step, split, {"member": m, **results[m]}, ts)
+        step = loop.stopped_at[m] or loop.step  # a member that stopped early ended there, as its single run does
+        run.callbacks.on_log(step, split, {"member": m, "epoch": run.cadence.epoch(step), **results[m]})
+        run.callbacks.on_eval(step, split, {"member": m, **results[m]}, ts)
         loop.final[m][split] = results[m]
     return results
 
