@@ -198,7 +198,7 @@ def cli(out, *extra):
 
 def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_population(tmp_path):
     whole = tmp_path / "whole"
-    subprocess.run(cli(whole), env=CLI_ENV, check=True, capture_output=True)
+    train(MLP, whole, CLI_ARGS)  # in this process: what the command line trains, without another start-up
     out = tmp_path / "run"
     proc = subprocess.Popen(cli(out), env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 from pydantic import Field, field_validator
 
@@ -32,6 +33,14 @@ GRID_KEYS = (
 MAX_MEMBERS = 4096
 
 
+def _flat(mapping: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 class PopulationConfig(_Section):
     size: PositiveInt = Field(
         1, description="Seeds per grid point: members train with `seed`, `seed + 1`, ..., `seed + size - 1`."
@@ -47,7 +56,9 @@ class PopulationConfig(_Section):
     @field_validator("grid", mode="before")
     @classmethod
     def _freeze_grid(cls, v):
-        return _freeze_mapping(FrozenMapping() if v is None else v)
+        # {optimizer: {learning_rate: [...]}} (as population.grid.optimizer.learning_rate=[...] makes) is
+        # {optimizer.learning_rate: [...]}.
+        return _freeze_mapping(dict(_flat(v)) if isinstance(v, Mapping) else FrozenMapping() if v is None else v)
 
     @field_validator("grid")
     @classmethod
