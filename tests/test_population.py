@@ -219,3 +219,13 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_population(tmp
         with np.load(whole / name) as a, np.load(out / name) as b:
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
+def test_plot_draws_each_member_as_a_run(mlp_population):
+    from fntrain.plot import plot_runs
+
+    out, _ = mlp_population
+    fig = plot_runs([out])
+    gids = {line.get_gid() for ax in fig.axes for line in ax.get_lines()}
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    assert {f"{out.name} member {m}|val|loss" for m in range(4)} <= gids

@@ -238,9 +238,16 @@ def _upcoming(run: _Run, loop: PopulationLoop):
         yield parts[0].steps, rows, [p.position for p in parts], sum(p.examples for p in parts)
 
 
-def _run_dispatches(run: _Run, ts: TrainState, loop: PopulationLoop, guard) -> TrainState:
-    from fntrain.loop import _timed_checkpoint
+def _timed_checkpoint(run: _Run, loop: PopulationLoop) -> bool:
+    """Whether ``checkpoint.every_minutes`` asks for a checkpoint now; a window with a non-finite
+    update (``on_nonfinite: stop``) is left to its log line, as in a single run."""
+    if not run.timer.due():
+        return False
+    stop = run.config.loop.on_nonfinite == "stop"
+    return not (stop and any(loop.active[m] and loop.window.nonfinite(m) for m in range(len(run.members))))
 
+
+def _run_dispatches(run: _Run, ts: TrainState, loop: PopulationLoop, guard) -> TrainState:
     for steps, rows, positions, examples in _upcoming(run, loop):
         active = jnp.asarray(np.array(loop.active, bool))
         ts, metrics = run.train_step(ts, rows, run.values, active, run.data_index, run.resident)
@@ -252,7 +259,7 @@ def _run_dispatches(run: _Run, ts: TrainState, loop: PopulationLoop, guard) -> T
             _log_train(run, loop)
         if events.eval and run.data.val is not None:
             ts = _evaluate_val(run, ts, loop)
-        if events.checkpoint or loop.all_stopped or guard.received or _timed_checkpoint(run, loop, events):
+        if events.checkpoint or loop.all_stopped or guard.received or _timed_checkpoint(run, loop):
             _checkpoint(run, ts, loop)
         if guard.received:
             raise Interrupted(
