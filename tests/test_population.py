@@ -229,3 +229,17 @@ def test_plot_draws_each_member_as_a_run(mlp_population):
     gids = {line.get_gid() for ax in fig.axes for line in ax.get_lines()}
     assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
     assert {f"{out.name} member {m}|val|loss" for m in range(4)} <= gids
+
+
+def test_tensorboard_shows_each_member_under_its_own_tag(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "pop"
+    train(MLP, out, [*MLP_ARGS, "loop.num_steps=10", "log.tensorboard=true", "population.size=2"])
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    for m in (0, 1):
+        expected = [(r["step"], np.float32(r["loss"])) for r in lines(out) if r["member"] == m and r["split"] == "train"]
+        assert [(e.step, np.float32(e.value)) for e in acc.Scalars(f"member_{m}/train/loss")] == expected
+    assert not any(tag.endswith("/member") for tag in acc.Tags()["scalars"])
