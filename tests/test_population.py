@@ -181,6 +181,41 @@ def test_the_run_ends_when_every_member_has_stopped(tmp_path):
     assert [m["stopped_early_at"] for m in _members(result.summary)] == [20, 20]
 
 
+def test_members_split_over_two_devices_train_as_on_one(mlp_population, tmp_path):
+    """Two simulated CPU devices, two members each: the same lines as the one-device population
+    (1e-5 relative: the per-device programs batch fewer members, so XLA may sum in another order)."""
+    out, _ = mlp_population
+    overrides = [*MLP_ARGS, "population.size=2", "population.grid={optimizer.learning_rate: [1e-3, 3e-3]}", "parallel.num_devices=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests/population_worker.py"), MLP, str(tmp_path / "two"), *overrides],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads(done.stdout.strip().splitlines()[-1])) == 2  # summary.json's devices
+    one, two = lines(out), lines(tmp_path / "two")
+    assert [(r["step"], r["split"], r["member"]) for r in one] == [(r["step"], r["split"], r["member"]) for r in two]
+    for a, b in zip(one, two):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (a["step"], a["split"], a["member"], k)
+
+
+def test_a_device_count_that_does_not_divide_the_members_is_refused(monkeypatch):
+    import jax
+
+    from fntrain.population import placement
+
+    config = ft.load_config(MLP, ["population.size=3", "parallel.num_devices=2"])
+    with pytest.raises(ConfigError, match=r"parallel.num_devices is 2 but only 1 devices are visible"):
+        placement.member_placement(config, 3)
+    device = jax.devices()[0]
+    monkeypatch.setattr(placement.jax, "devices", lambda: [device, device])
+    with pytest.raises(ConfigError, match=r"parallel.num_devices \(2\) must divide the population's 3 members"):
+        placement.member_placement(config, 3)
+    monkeypatch.undo()
+    # null: every device when they divide the members, else one.
+    assert placement.member_placement(ft.load_config(MLP, ["population.size=3"]), 3).num_devices == 1
+
+
 # --------------------------------------------------------------------------- exact resume after SIGTERM
 
 CLI_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}

@@ -35,6 +35,7 @@ from fntrain.parallel import to_host
 from fntrain.population import outputs, setup
 from fntrain.population.evaluation import evaluate_members
 from fntrain.population.members import Member, expand, grid_arrays
+from fntrain.population.placement import MemberPlacement, member_placement
 from fntrain.population.step import NetShape, make_population_eval_step, make_population_step, select
 from fntrain.population.window import MemberWindow
 from fntrain.progress import Progress
@@ -105,7 +106,8 @@ class _Run:
     schedules: list
     values: dict  # {dotted.key: [M] float32} on the device
     data_index: jax.Array
-    resident: tuple  # the stacked training data on the device
+    resident: tuple  # the stacked training data on the devices
+    placement: MemberPlacement
     pad: bool
     train_step: Any
     eval_step: Any
@@ -177,7 +179,8 @@ def _set_up(config, overwrite, resume, stream, user_callbacks, guard):
         cadence = Cadence.from_config(config, steps_per_epoch)
         schedules = setup.member_schedules(members, exps, cadence.total_steps)
         shape = NetShape(builders.infer_num_outputs(first.splits, config.loss), tuple(first.splits.train.x.shape[1:]))
-        ts = setup.initial_state(config, members, exps, shape, cadence.total_steps)
+        placement = member_placement(config, len(members))
+        ts = jax.device_put(setup.initial_state(config, members, exps, shape, cadence.total_steps), placement.member)
         _stop_if_signalled(guard, unchanged)
         run_dir, checkpointer, restored = open_run(opening, config, ts, say)
         loop = PopulationLoop.fresh(len(members)) if restored is None else PopulationLoop.from_meta(restored[1])
@@ -188,10 +191,12 @@ def _set_up(config, overwrite, resume, stream, user_callbacks, guard):
         run = _Run(
             config=config, members=members, data=data, cadence=cadence,
             iterators=setup.member_iterators(config, members, exps, loop.positions), schedules=schedules,
-            values=grid_arrays(members), data_index=jnp.asarray(data.index), resident=jax.device_put(data.train),
+            values=jax.device_put(grid_arrays(members), placement.member),
+            data_index=jax.device_put(jnp.asarray(data.index), placement.member),
+            resident=jax.device_put(data.train, placement.replicated), placement=placement,
             pad=first.loss is not None and _takes_weights(first.loss),
-            train_step=make_population_step(config, shape, cadence.total_steps),
-            eval_step=make_population_eval_step(config, shape), run_dir=run_dir, checkpointer=checkpointer,
+            train_step=make_population_step(config, shape, cadence.total_steps, placement),
+            eval_step=make_population_eval_step(config, shape, placement), run_dir=run_dir, checkpointer=checkpointer,
             opening=opening, timer=CheckpointTimer(config.checkpoint.every_minutes),
             callbacks=Callbacks(outputs.member_outputs(config, run_dir, status),
                                 [*callbacks_from_config(config), *user_callbacks]),
@@ -216,7 +221,8 @@ def _announce(run: _Run, loop: PopulationLoop) -> None:
         f"population: {len(run.members)} members ({run.config.population.size} seed(s) x "
         f"{len(run.config.population.points())} grid point(s)) in one compiled step; {train.num_examples} train "
         f"examples per member ({sets} distinct data set(s) on the device); {run.cadence.total_steps} steps "
-        f"({run.cadence.steps_per_epoch} per epoch); 1 device; output_dir {run.run_dir.path}"
+        f"({run.cadence.steps_per_epoch} per epoch); {run.placement.num_devices} device(s), "
+        f"{len(run.members) // run.placement.num_devices} member(s) each; output_dir {run.run_dir.path}"
     )
     if run.resumed_from is not None:
         run.say(f"resumed from {run.checkpointer.latest.directory}/{loop.step} (step {loop.step})")
@@ -249,7 +255,7 @@ def _timed_checkpoint(run: _Run, loop: PopulationLoop) -> bool:
 
 def _run_dispatches(run: _Run, ts: TrainState, loop: PopulationLoop, guard) -> TrainState:
     for steps, rows, positions, examples in _upcoming(run, loop):
-        active = jnp.asarray(np.array(loop.active, bool))
+        active = jax.device_put(np.array(loop.active, bool), run.placement.member)
         ts, metrics = run.train_step(ts, rows, run.values, active, run.data_index, run.resident)
         loop.step += steps
         loop.positions = positions

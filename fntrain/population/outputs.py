@@ -112,7 +112,7 @@ def _summary(run, ts, loop, train_seconds: float, population: dict) -> dict:
         "status": "finished",
         "examples_per_second": examples / max(train_seconds, 1e-9),  # summed over the members (padding counted)
         "num_params": int(sum(np.prod(a.shape[1:]) for a in jax.tree.leaves(ts.params))),
-        "devices": [str(jax.devices()[0])],
+        "devices": [str(d) for d in run.placement.mesh.devices.flat],
         "processes": 1,
         "population": population,
     }

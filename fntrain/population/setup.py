@@ -44,8 +44,7 @@ def check_supported(config: cfg.Config) -> None:
     """Refuses, naming the key, what a population does not train yet."""
     oc, pc = config.optimizer, config.parallel
     refused = [
-        (pc.num_devices is not None and pc.num_devices > 1, "parallel.num_devices",
-         "a population runs on one device (members are not sharded over a mesh yet; docs/PARALLEL.md)"),
+        (pc.mode == "fsdp", "parallel.mode", "a population splits its members over the devices, not its parameters; set it to data"),
         (pc.distributed, "parallel.distributed", "a population runs in one process"),
         (oc.ema_decay is not None, "optimizer.ema_decay", "an EMA of the weights is not supported in a population yet"),
         (oc.reduce_on_plateau is not None, "optimizer.reduce_on_plateau", "reduce_on_plateau is not supported in a population yet"),

@@ -80,7 +80,7 @@ def select(keep_new: jax.Array, new: TrainState, old: TrainState) -> TrainState:
     return TrainState(step, params, model_state, opt_state, new.key)
 
 
-def make_population_step(config: cfg.Config, shape: NetShape, total_steps: int) -> Callable:
+def make_population_step(config: cfg.Config, shape: NetShape, total_steps: int, placement=None) -> Callable:
     """The jitted ``step(ts, rows, values, active, data_index, data) -> (ts, metrics)``.
 
     Args (of the returned step):
@@ -92,6 +92,8 @@ def make_population_step(config: cfg.Config, shape: NetShape, total_steps: int) 
       data: ``(x [D, N, ...], y [D, N, ...])`` on the device (not donated, not batched).
 
     Returns ``metrics`` as in :func:`fntrain.step.make_step`, each ``[M]`` (``[M, K]`` fused).
+    With a :class:`~fntrain.population.placement.MemberPlacement`, everything but ``data`` is
+    split over its devices along the member axis (``data`` is replicated).
     """
     lc, oc = config.loop, config.optimizer
     grad_norm_every = config.log.every_steps if config.log.grad_norm else None
@@ -107,12 +109,19 @@ def make_population_step(config: cfg.Config, shape: NetShape, total_steps: int) 
         return select(active, new, ts), metrics
 
     vmapped = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None))
-    return jax.jit(vmapped, donate_argnums=(0,))
+    if placement is None:
+        return jax.jit(vmapped, donate_argnums=(0,))
+    member = placement.member
+    return jax.jit(
+        vmapped, in_shardings=(member, member, member, member, member, placement.replicated),
+        out_shardings=(member, member), donate_argnums=(0,),
+    )
 
 
-def make_population_eval_step(config: cfg.Config, shape: NetShape) -> Callable:
+def make_population_eval_step(config: cfg.Config, shape: NetShape, placement=None) -> Callable:
     """The jitted ``eval_step(ts, batch, values) -> {name: Stats [M]}`` (``loss`` included),
-    batch leaves ``[M, B, ...]``, in evaluation mode (``key=None``)."""
+    batch leaves ``[M, B, ...]``, in evaluation mode (``key=None``); split over the member
+    axis with a ``placement``."""
 
     def member_eval(ts: TrainState, batch, values) -> dict[str, Any]:
         loss_fn = member_loss_fn(config, shape, values)
@@ -120,4 +129,7 @@ def make_population_eval_step(config: cfg.Config, shape: NetShape) -> Callable:
         count = _example_count(batch)
         return {k: _as_stats(v, count) for k, v in {**metrics, "loss": loss}.items()}
 
-    return jax.jit(jax.vmap(member_eval))
+    if placement is None:
+        return jax.jit(jax.vmap(member_eval))
+    member = placement.member
+    return jax.jit(jax.vmap(member_eval), in_shardings=(member, member, member), out_shardings=member)
