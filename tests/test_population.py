@@ -25,7 +25,7 @@ MLP_ARGS = [*QUIET, *SHORT, "model.hidden_sizes=[32]", "model.dropout_rate=0.2",
 # Without batch norm: a conv bias followed by batch norm has a zero gradient up to float noise, which
 # Adam scales to full-size steps, so those biases (and the running means after them) follow summation
 # order rather than the data; in a single run as much as in a member.
-CNN_ARGS = [*QUIET, *SHORT, "loop.num_steps=10", "model.channels=[4,8]", "model.hidden_sizes=[16]", "model.norm=null"]
+CNN_ARGS = [*QUIET, *SHORT, "loop.num_steps=10", "model.channels=[4]", "model.hidden_sizes=[8]", "model.norm=null"]
 
 
 def lines(run: Path) -> list[dict]:
