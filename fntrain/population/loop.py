@@ -100,6 +100,7 @@ class _Run:
 
     config: cfg.Config
     members: list[Member]
+    net: Any  # every member's network (the grid changes no layer)
     data: setup.MemberData
     cadence: Cadence
     iterators: list
@@ -146,7 +147,7 @@ def train_population(
         try:
             _stop_if_signalled(guard, f"the run is unchanged at step {loop.step}" if loop.step else "no step was trained")
             run.callbacks.on_train_start(RunInfo(
-                config, None, run.data.splits[0], str(run.run_dir.path), run.cadence.total_steps,
+                config, run.net, run.data.splits[0], str(run.run_dir.path), run.cadence.total_steps,
                 run.cadence.steps_per_epoch, loop.step,
             ))
             guard.starting = False
@@ -189,7 +190,7 @@ def _set_up(config, overwrite, resume, stream, user_callbacks, guard):
                             batch_size=config.data.batch_size * len(members))
         status = StatusFile(run_dir)
         run = _Run(
-            config=config, members=members, data=data, cadence=cadence,
+            config=config, members=members, net=first.net, data=data, cadence=cadence,
             iterators=setup.member_iterators(config, members, exps, loop.positions), schedules=schedules,
             values=jax.device_put(grid_arrays(members), placement.member),
             data_index=jax.device_put(jnp.asarray(data.index), placement.member),
