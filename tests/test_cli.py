@@ -1394,6 +1394,7 @@ MINIMAL_SECTIONS = {
     "PlateauConfig": ("optimizer.reduce_on_plateau", {}),
     "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
     "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
+    "PopulationConfig": ("population", {}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
     "LogConfig": ("log", {}),
     "CheckpointConfig": ("checkpoint", {}),
