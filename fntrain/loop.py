@@ -215,6 +215,9 @@ def train(
       callbacks: objects with any of the methods of :mod:`fntrain.callbacks`, called after
         the config's own ``callbacks``.
 
+    A config with a ``population`` section trains all its members at once
+    (:mod:`fntrain.population`); ``state`` then has a member axis on every leaf.
+
     Example:
       >>> config = fntrain.load_config("configs/digits_mlp.yaml", ["loop.num_epochs=2"])
       >>> result = fntrain.train(config, overwrite=True)
@@ -230,6 +233,10 @@ def train(
       StorageError: a file of the run could not be written (a full disk, say); the run
         resumes with ``resume=True`` once the cause is fixed.
     """
+    if config.population is not None:
+        from fntrain.population import train_population
+
+        return train_population(config, overwrite=overwrite, resume=resume, stream=stream, callbacks=callbacks)
     resume = config.checkpoint.resume if resume is None else resume
     with signals.guard() as guard:
         guard.starting = True

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fntrain.hyperparams import known_zero
+
 
 def weighted_mean(values: jax.Array, weights: Optional[jax.Array] = None) -> jax.Array:
     """The mean of ``values [N, ...]``, each example ``i`` weighted by ``weights[i]``.
@@ -56,12 +58,12 @@ def softmax_cross_entropy(
     """
     num_classes = logits.shape[-1]
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        if label_smoothing == 0.0:
+        if known_zero(label_smoothing):
             return weighted_mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels), weights)
         labels = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
     if labels.shape != logits.shape:
         raise ValueError(f"softmax_cross_entropy: targets {labels.shape} do not match logits {logits.shape}")
-    if label_smoothing:
+    if not known_zero(label_smoothing):
         labels = optax.smooth_labels(labels, label_smoothing)
     return weighted_mean(optax.losses.softmax_cross_entropy(logits, labels), weights)
 

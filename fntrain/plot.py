@@ -3,7 +3,7 @@
 One panel per metric; in each, every run's training curve (solid) and validation curve
 (dashed) in the run's colour, its test value as a dot at the last step, and a legend by
 run name. A panel whose values are positive and span more than a decade has a log scale.
-A run still in progress is plotted as far as it got; a last line cut short by a kill is
+A population's members are plotted as runs of their own. A run still in progress is plotted as far as it got; a last line cut short by a kill is
 skipped with a warning.
 """
 
@@ -18,7 +18,7 @@ from fntrain.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 # Bookkeeping, not curves: shown only when asked for by name.
-_NOT_BY_DEFAULT = ("epoch", "nonfinite_steps", "learning_rate", "grad_norm")
+_NOT_BY_DEFAULT = ("epoch", "nonfinite_steps", "learning_rate", "grad_norm", "member")
 
 
 def read_metrics(run_dir: str | Path, warn: Callable[[str], None] = lambda message: None) -> list[dict]:
@@ -60,6 +60,19 @@ def _series(records: list[dict], split: str, metric: str, x: str) -> tuple[list[
     return [a for a, _ in points], [b for _, b in points]
 
 
+def by_member(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A population's records (lines with ``member``, :mod:`fntrain.population`) as one run per
+    member, ``"<run> member <i>"``; other runs as they are."""
+    out: dict[str, list[dict]] = {}
+    for name, records in runs.items():
+        if not any("member" in r for r in records):
+            out[name] = records
+            continue
+        for r in records:
+            out.setdefault(f"{name} member {r.get('member')}", []).append(r)
+    return out
+
+
 def run_names(run_dirs: Sequence[str | Path]) -> list[str]:
     """Legend names: each directory's name, with its parent's where two would read alike."""
     names = [Path(d).resolve().name for d in run_dirs]
@@ -92,7 +105,7 @@ def plot_runs(
         raise ConfigError(f"--x must be step or epoch, got {x!r}")
     if not run_dirs:
         raise ConfigError("no run directory given")
-    runs = dict(zip(run_names(run_dirs), (read_metrics(d, warn) for d in run_dirs)))
+    runs = by_member(dict(zip(run_names(run_dirs), (read_metrics(d, warn) for d in run_dirs))))
     logged = default_metrics(runs) + list(_NOT_BY_DEFAULT)
     metrics = list(metrics) if metrics else default_metrics(runs)
     unknown = [m for m in metrics if m not in {k for rs in runs.values() for r in rs for k in r}]

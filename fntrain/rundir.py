@@ -36,9 +36,10 @@ PARAMS = "params.npz"
 HISTORY = "config_history.jsonl"  # the changes each accepted --resume made to config.yaml
 RUN_FILES = (CONFIG, METRICS, SUMMARY, PARAMS)
 RUN_DIRS = ("checkpoints", "best_checkpoint")
+MEMBERS_DIR = "members"  # a population's per-member parameters (fntrain.population)
 OWN_DIR = ".fntrain"
 MARKER = f"{OWN_DIR}/run.json"
-OWNED = (*RUN_FILES, HISTORY, *RUN_DIRS)  # what --overwrite deletes (the lock stays)
+OWNED = (*RUN_FILES, HISTORY, *RUN_DIRS, MEMBERS_DIR)  # what --overwrite deletes (the lock stays)
 
 
 def check_output_dir(output_dir: str) -> Path:

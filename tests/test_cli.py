@@ -1122,6 +1122,7 @@ def non_default_sections(files: Path) -> dict[str, dict]:
         "ObjectiveConfig": {"name": "fntrain.step:supervised_loss", "kwargs": {"metric_fns": {}},
                             "module_dir": str(files)},
         "CallbackConfig": {"name": "fntrain.metrics:top_k_accuracy", "kwargs": {"k": 3}, "module_dir": str(files)},
+        "PopulationConfig": {"size": 2, "grid": {"optimizer.learning_rate": [1e-3, 2e-3], "optimizer.b1": [0.8, 0.9]}},
         "LoopConfig": {"kind": "steps", "num_epochs": 3, "num_steps": 10, "eval_every_epochs": 2, "eval_every_steps": 5,
                        "steps_per_dispatch": 4, "on_nonfinite": "skip"},
         "LogConfig": {"every_steps": 3, "grad_norm": True, "progress": "lines", "layer_stats": True, "tensorboard": False,
@@ -1136,7 +1137,8 @@ def non_default_sections(files: Path) -> dict[str, dict]:
                    "metrics_module_dir": str(files),
                    "optimizer": "<optimizer>", "loop": "<LoopConfig>", "log": "<LogConfig>",
                    "checkpoint": "<CheckpointConfig>", "early_stopping": "<EarlyStoppingConfig>",
-                   "parallel": "<ParallelConfig>", "callbacks": ["<CallbackConfig>", "<CallbackConfig>"]},
+                   "parallel": "<ParallelConfig>", "population": "<PopulationConfig>",
+                   "callbacks": ["<CallbackConfig>", "<CallbackConfig>"]},
     }
 
 
@@ -1144,8 +1146,9 @@ def non_default_sections(files: Path) -> dict[str, dict]:
 # frozen: true excludes the group's other keys (tests/test_optim.py covers frozen groups).
 DEFAULT_ONLY = {("AdamOptimizer", "weight_decay"), ("ParamGroupConfig", "frozen")}
 # An objective excludes a loss section and metrics, so full_config leaves it out and
-# test_every_field_of_the_objective_is_accepted covers it.
-NOT_IN_FULL_CONFIG = {"objective"}
+# test_every_field_of_the_objective_is_accepted covers it; a population trains otherwise than the
+# configs the other tests train, so test_every_field_of_the_population_is_accepted covers it.
+NOT_IN_FULL_CONFIG = {"objective", "population"}
 
 
 DATA_CLASSES = (
@@ -1324,6 +1327,16 @@ def test_every_field_of_the_objective_is_accepted(tmp_path):
     assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
 
 
+def test_every_field_of_the_population_is_accepted(tmp_path):
+    raw = full_config(tmp_path, "DigitsData", "MlpModel")
+    raw["population"] = non_default_sections(tmp_path)["PopulationConfig"]
+    config = cfg.validate(raw, "all_fields.yaml")
+    assert config.population.size == 2
+    assert config.population.grid == {"optimizer.learning_rate": (1e-3, 2e-3), "optimizer.b1": (0.8, 0.9)}
+    assert config.population.num_members() == 8
+    assert cfg.validate(cfg.config_to_dict(config), "roundtrip") == config
+
+
 def _literal_choices(annotation) -> list:
     """The values a Literal (possibly inside Optional/Annotated) admits; None if Optional."""
     origin = typing.get_origin(annotation)
@@ -1381,6 +1394,7 @@ MINIMAL_SECTIONS = {
     "PlateauConfig": ("optimizer.reduce_on_plateau", {}),
     "ObjectiveConfig": ("objective", {"name": "fntrain.step:supervised_loss"}),  # no Literal fields: never set
     "CallbackConfig": ("callbacks", {"name": "fntrain.metrics:accuracy"}),  # no Literal fields: never set
+    "PopulationConfig": ("population", {}),  # no Literal fields: never set
     "LoopConfig": ("loop", {"kind": "steps", "num_steps": 5, "num_epochs": 1}),
     "LogConfig": ("log", {}),
     "CheckpointConfig": ("checkpoint", {}),

@@ -11,6 +11,7 @@ Modules:
   aliases: optax's named optimizers and their signatures, for ``optimizer.name: optax:NAME``.
   schema: ``Config`` and the sections without variants.
   loading: YAML and overrides in, ``Config`` out; ``dump_config`` back.
+  population: the ``population`` section (seeds x a grid of hyperparameters).
   messages: pydantic errors as one line per dotted key.
   reference: the Markdown reference in ``docs/CONFIG.md``.
 """
@@ -83,6 +84,7 @@ from fntrain.config.optim import (
     RmspropOptimizer,
     SgdOptimizer,
 )
+from fntrain.config.population import GRID_KEYS, PopulationConfig
 from fntrain.config.reference import reference_markdown
 from fntrain.config.schedule import (
     SCHEDULE_VARIANTS,
@@ -109,6 +111,7 @@ from fntrain.config.schema import (
 
 __all__ = [
     "DATA_VARIANTS",
+    "GRID_KEYS",
     "LOSS_VARIANTS",
     "MODEL_VARIANTS",
     "OPTIMIZER_VARIANTS",
@@ -158,6 +161,7 @@ __all__ = [
     "ParamGroupConfig",
     "PiecewiseSchedule",
     "PlateauConfig",
+    "PopulationConfig",
     "PositiveFloat",
     "PositiveInt",
     "RegressionData",

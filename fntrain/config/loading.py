@@ -116,7 +116,7 @@ def _working_directory() -> Path:
 
 
 # Written only when set: a config validated from Python (not loaded from a file) has none.
-_ONLY_WHEN_SET = (paths.MODULE_DIR, paths.METRICS_MODULE_DIR)
+_ONLY_WHEN_SET = (paths.MODULE_DIR, paths.METRICS_MODULE_DIR, "population")  # population: so a one-run config.yaml is unchanged
 
 
 def _plain(value: Any) -> Any:

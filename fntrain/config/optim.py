@@ -30,6 +30,7 @@ from fntrain.config.base import (
 )
 from fntrain.config.schedule import ConstantSchedule, ScheduleConfig
 from fntrain.errors import ConfigError
+from fntrain.hyperparams import known_zero
 
 Decay = Annotated[float, Strict(), Field(ge=0, lt=1)]
 
@@ -185,7 +186,7 @@ class _Optimizer(_Section):
     def _update(self, schedule: optax.Schedule, weight_decay: float) -> list[optax.GradientTransformation]:
         """Weight decay (unless the recipe applies it) and the recipe."""
         parts = []
-        if weight_decay and not self._decoupled():
+        if not known_zero(weight_decay) and not self._decoupled():
             parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask))
         return [*parts, self._recipe(schedule, weight_decay)]
 

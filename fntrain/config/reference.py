@@ -75,7 +75,7 @@ def _default(field: FieldInfo) -> str:
 def _rows(prefix: str, fields: dict[str, FieldInfo]) -> list[str]:
     rows = []
     for name, field in sorted(fields.items(), key=lambda kv: kv[0] != "name"):
-        kind = "mapping" if name == "kwargs" else _type_name(field.annotation, field.metadata)
+        kind = "mapping" if name in ("kwargs", "grid") else _type_name(field.annotation, field.metadata)
         rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {field.description or ''} |")
     return rows
 

@@ -14,6 +14,7 @@ from pydantic import Field, Strict, model_validator
 
 from fntrain.config.base import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, _Section, _union
 from fntrain.errors import ConfigError
+from fntrain.hyperparams import is_concrete
 
 
 class _Schedule(_Section):
@@ -57,7 +58,13 @@ class WarmupCosineSchedule(_Schedule):
             raise ConfigError(
                 f"optimizer.schedule.warmup_steps ({self.warmup_steps}) must be below the decay steps ({decay_steps})"
             )
-        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, self.warmup_steps, decay_steps, self.end_value)
+        if is_concrete(learning_rate):
+            return optax.warmup_cosine_decay_schedule(0.0, learning_rate, self.warmup_steps, decay_steps, self.end_value)
+        # A population's traced learning rate (positive, so optax's test for a zero peak is moot):
+        # the same two schedules optax joins.
+        warmup = optax.linear_schedule(0.0, learning_rate, self.warmup_steps)
+        cosine = optax.cosine_decay_schedule(learning_rate, decay_steps - self.warmup_steps, alpha=self.end_value / learning_rate)
+        return optax.join_schedules([warmup, cosine], [self.warmup_steps])
 
 
 class LinearSchedule(_Schedule):

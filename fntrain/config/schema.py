@@ -16,6 +16,7 @@ from fntrain.config.data import DataConfig
 from fntrain.config.loss import LossConfig, SoftmaxCrossEntropyLoss
 from fntrain.config.model import ModelConfig
 from fntrain.config.optim import AdamOptimizer, OptimizerConfig
+from fntrain.config.population import MAX_MEMBERS, PopulationConfig
 from fntrain.limits import quote
 
 # --------------------------------------------------------------------------- loop and log
@@ -186,6 +187,12 @@ class Config(_Section):
     checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Checkpoints and resuming.")
     early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(), description="Early stopping on a validation metric.")
     parallel: ParallelConfig = Field(ParallelConfig(), description="Devices, sharding and multi-host.")
+    population: Optional[PopulationConfig] = Field(
+        None,
+        description="Train many seeds and hyperparameters at once, in one compiled step (`jax.vmap` over the "
+        "train state): `{size: N, grid: {dotted.key: [values]}}`; members are grid x seeds (docs/POPULATION.md). "
+        "null: one run.",
+    )
     callbacks: tuple[CallbackConfig, ...] = Field(
         (),
         description="Callbacks for the training loop, each `{name: module.path:factory or a registered name, "
@@ -228,6 +235,14 @@ class Config(_Section):
             raise ValueError(
                 f"optimizer.accumulate_steps ({n}) must divide data.batch_size ({batch_size}) into equal "
                 f"microbatches; choose a batch size that is a multiple of {n}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _population_fits(self):
+        if self.population is not None and self.population.num_members() > MAX_MEMBERS:
+            raise ValueError(
+                f"population: {self.population.num_members()} members, more than {MAX_MEMBERS}; use a smaller grid or size"
             )
         return self
 

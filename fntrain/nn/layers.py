@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fntrain.hyperparams import is_concrete, known_zero
 from fntrain.nn import _cpu, initializers
 from fntrain.nn.core import Module, stateless
 from fntrain.nn.matmul import matmul
@@ -368,14 +369,14 @@ def dropout(rate: float) -> Module:
     In evaluation (``train=False``) it is the identity. In training it needs
     ``key``; the same key gives the same mask.
     """
-    if not 0.0 <= rate < 1.0:
+    if is_concrete(rate) and not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate is the probability of dropping and must be in [0, 1), got {rate}")
 
     def init(key, x):
         return {}, {}
 
     def apply(params, state, x, *, train=False, key=None):
-        if not train or rate == 0.0:
+        if not train or known_zero(rate):
             return x, state
         if key is None:
             raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from fntrain.hyperparams import known_zero
 from fntrain.nn import attention as A
 from fntrain.nn import initializers
 from fntrain.nn import blocks as B
@@ -68,7 +69,7 @@ def mlp(
     layers: list[Module] = [L.flatten]
     for width in hidden_sizes:
         layers += [L.dense(width, w_init=hidden_init), *_norm(norm), act]
-        if dropout_rate:
+        if not known_zero(dropout_rate):
             layers.append(L.dropout(dropout_rate))
     layers.append(L.dense(num_outputs, w_init=output_init))
     return serial(*layers)
@@ -103,7 +104,7 @@ def _conv_net(
     layers.append(L.flatten)
     for width in hidden_sizes:
         layers += [L.dense(width, w_init=w_init), act]
-        if dropout_rate:
+        if not known_zero(dropout_rate):
             layers.append(L.dropout(dropout_rate))
     layers.append(L.dense(num_outputs, w_init=output_init))
     return serial(*layers)
@@ -206,7 +207,7 @@ def rnn(
     layers: list[Module] = [L.as_sequence]
     for i in range(num_layers):
         layers.append(_CELLS[cell](hidden_size, return_sequences=i < num_layers - 1))
-        if dropout_rate:
+        if not known_zero(dropout_rate):
             layers.append(L.dropout(dropout_rate))
     layers.append(L.dense(num_outputs, w_init="glorot_uniform"))
     return serial(*layers)
