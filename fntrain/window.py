@@ -50,17 +50,7 @@ class LogWindow:
     def means(self) -> dict[str, float]:
         """Means over the window; ``nonfinite`` is summed, and ``grad_norm`` averages the
         steps that computed it (left out if none did)."""
-        means = {}
-        for k, v in self.columns().items():
-            if k == "nonfinite":
-                means[k] = float(v.sum())
-            elif k == "grad_norm":
-                computed = v[~np.isnan(v)]
-                if computed.size:
-                    means[k] = float(computed.mean())
-            else:
-                means[k] = float(v.mean())
-        return means
+        return column_means(self.columns())
 
     def clear(self) -> None:
         self._pending, self._columns = [], {}
@@ -73,3 +63,19 @@ class LogWindow:
     @classmethod
     def from_meta(cls, meta: dict) -> "LogWindow":
         return cls({k: np.asarray(c["values"], dtype=c["dtype"]) for k, c in meta.items()})
+
+
+def column_means(columns: dict[str, np.ndarray]) -> dict[str, float]:
+    """The log line of a window's columns ``{metric: [steps]}``: means, ``nonfinite`` summed,
+    and ``grad_norm`` over the steps that computed it (left out if none did)."""
+    means = {}
+    for k, v in columns.items():
+        if k == "nonfinite":
+            means[k] = float(v.sum())
+        elif k == "grad_norm":
+            computed = v[~np.isnan(v)]
+            if computed.size:
+                means[k] = float(computed.mean())
+        else:
+            means[k] = float(v.mean())
+    return means

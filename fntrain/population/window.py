@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from fntrain.parallel import to_host
+from fntrain.window import column_means
 
 
 class MemberWindow:
@@ -47,18 +48,7 @@ class MemberWindow:
 
     def means(self, member: int) -> dict[str, float]:
         """``member``'s means over the window, as :meth:`fntrain.window.LogWindow.means`."""
-        means = {}
-        for k, v in self.columns().items():
-            v = v[member]
-            if k == "nonfinite":
-                means[k] = float(v.sum())
-            elif k == "grad_norm":
-                computed = v[~np.isnan(v)]
-                if computed.size:
-                    means[k] = float(computed.mean())
-            else:
-                means[k] = float(v.mean())
-        return means
+        return column_means({k: v[member] for k, v in self.columns().items()})
 
     def clear(self) -> None:
         self._pending, self._columns = [], {}
