@@ -219,9 +219,10 @@ class RunDir:
         np.savez(buffer, **arrays)
         storage.atomic_write(self.path / PARAMS, buffer.getvalue())
 
-    def load_params(self, params_template, state_template):
-        """Loads ``params.npz`` into the structure of the templates (shapes checked)."""
-        path = self.path / PARAMS
+    def load_params(self, params_template, state_template, name: str = PARAMS):
+        """Loads ``params.npz`` (or ``name``, e.g. ``members/params_3.npz``) into the structure
+        of the templates (shapes checked)."""
+        path = self.path / name
         if not path.exists():
             raise ConfigError(f"{str(path)!r} does not exist; train the config first (fntrain train ...)")
         with np.load(path, allow_pickle=False) as f:

@@ -26,7 +26,7 @@ import numpy as np
 from fntrain import config as cfg
 from fntrain import nn
 from fntrain.errors import ConfigError
-from fntrain.rundir import CONFIG, PARAMS, SUMMARY, RunDir
+from fntrain.rundir import CONFIG, MEMBERS_DIR, PARAMS, SUMMARY, RunDir
 
 __all__ = ["TrainedRun", "load_run"]
 
@@ -144,15 +144,19 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def load_run(run_dir) -> TrainedRun:
+def load_run(run_dir, *, member: Optional[int] = None) -> TrainedRun:
     """Loads a finished run's network and parameters (see the module docstring).
 
     The network is sized by ``summary.json``'s ``network`` entry; a run written before it
     existed is sized by its data, which must then still be readable.
 
+    Args:
+      member: a population's member (``members/params_<member>.npz``); None: ``params.npz``,
+        which for a population is its best member's.
+
     Raises:
-      ConfigError: no such directory, not a run, a damaged ``params.npz``, or parameters
-        that do not match the config's network; one line each.
+      ConfigError: no such directory, not a run, a damaged ``params.npz``, parameters
+        that do not match the config's network, or no such member; one line each.
     """
     from fntrain.experiment import build_network, seed_keys
 
@@ -165,7 +169,7 @@ def load_run(run_dir) -> TrainedRun:
     x = jax.ShapeDtypeStruct((2, *example.shape), example.dtype)
     params_like, state_like = jax.eval_shape(net.init, seed_keys(config.seed)["init"], x)
     try:
-        params, model_state = RunDir(path).load_params(params_like, state_like)
+        params, model_state = RunDir(path).load_params(params_like, state_like, _params_file(path, summary, member))
     except ConfigError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -173,6 +177,17 @@ def load_run(run_dir) -> TrainedRun:
         raise ConfigError(f"{str(path / PARAMS)!r} is damaged ({detail}); train the run again") from None
     params, model_state = jax.device_put((params, model_state))
     return TrainedRun(path, config, net, params, model_state, summary, example)
+
+
+def _params_file(path: Path, summary: dict[str, Any], member: Optional[int]) -> str:
+    """``params.npz``, or the file of population member ``member``."""
+    if member is None:
+        return PARAMS
+    count = len(summary.get("population", {}).get("members", []))
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < count:
+        have = f"members 0..{count - 1}" if count else "no members (it is not a population)"
+        raise ConfigError(f"member: {member!r} is not a member of {str(path)!r}, which has {have}")
+    return f"{MEMBERS_DIR}/params_{member}.npz"
 
 
 def _network_shapes(path: Path, config: cfg.Config, summary: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 
 import fntrain as ft
 from fntrain.errors import ConfigError
+from fntrain.rundir import flatten_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs/digits_mlp.yaml")
@@ -128,6 +129,26 @@ def test_summary_ranks_members_and_averages_over_seeds(mlp_population):
     with np.load(out / "params.npz") as p, np.load(out / "members" / f"params_{order[0]}.npz") as q:
         for name in p.files:
             np.testing.assert_array_equal(p[name], q[name])
+
+
+def test_load_run_picks_a_member_or_the_best(mlp_population):
+    out, _ = mlp_population
+    summary = json.loads((out / "summary.json").read_text())
+    x = ft.data.load_splits(ft.load_config(out / "config.yaml")).test.x[:9]
+    best = ft.load_run(out)
+    for m in range(4):
+        run = ft.load_run(out, member=m)
+        loaded = {**flatten_tree(run.params, "params"), **flatten_tree(run.model_state, "model_state")}
+        with np.load(out / "members" / f"params_{m}.npz") as saved:
+            assert sorted(saved.files) == sorted(loaded)
+            for name in saved.files:
+                np.testing.assert_array_equal(loaded[name], saved[name])
+        if m == summary["population"]["best_member"]:
+            np.testing.assert_array_equal(run.predict(x), best.predict(x))
+        else:
+            assert not np.array_equal(run.predict(x), best.predict(x))
+    with pytest.raises(ft.ConfigError, match="member: 4 is not a member .* members 0..3"):
+        ft.load_run(out, member=4)
 
 
 def test_a_dropout_grid_mixing_zero_and_positive_rates_is_refused():
