@@ -31,11 +31,17 @@ class LogWindow:
         if self._pending:
             host = to_host(self._pending)
             self._columns = {
-                k: np.concatenate(([self._columns[k]] if self._columns else []) + [np.atleast_1d(m[k]) for m in host])
+                k: np.concatenate(([self._columns[k]] if self._columns else []) + [self._column(m[k]) for m in host],
+                                  axis=-1)
                 for k in host[0]
             }
             self._pending = []
         return self._columns
+
+    @staticmethod
+    def _column(values: np.ndarray) -> np.ndarray:
+        """One dispatch's values of a metric as a column ``[steps]``."""
+        return np.atleast_1d(values)
 
     @property
     def steps(self) -> int:

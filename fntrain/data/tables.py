@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -91,15 +92,7 @@ def csv_part(
     path = os.fspath(path)
     if target_dtype not in ("int", "float"):
         raise DataError(f"load_csv: target_dtype must be 'int' or 'float', got {target_dtype!r}")
-    rows = _read_rows(path, delimiter)
-    if not rows:
-        raise DataError(f"{path}: no rows; expected a CSV table")
-    if header is None:
-        header = not all(_is_number(c) for c in rows[0][1])
-    names = [c.strip() for c in rows[0][1]] if header else None
-    body = rows[1:] if header else rows
-    if not body:
-        raise DataError(f"{path}: no data rows after the header")
+    names, body = _header_and_body(path, delimiter, header)
     width = len(names) if names is not None else len(body[0][1])
     if width < 2:
         raise DataError(f"{path}: {width} column(s); expected at least one feature column and a target column")
@@ -165,6 +158,17 @@ def load_csv_matrix(path: str | os.PathLike, *, header: bool | None = None, deli
       DataError: as for :func:`load_csv`.
     """
     path = os.fspath(path)
+    names, body = _header_and_body(path, delimiter, header)
+    return _parse(path, body, len(names) if names is not None else len(body[0][1]), names)
+
+
+def _header_and_body(path: str, delimiter, header: Optional[bool]):
+    """``(column names or None, data rows)`` of a CSV file; ``header`` None: a first row
+    that is not all numbers is the header.
+
+    Raises:
+      DataError: the file has no rows, or none after its header.
+    """
     rows = _read_rows(path, delimiter)
     if not rows:
         raise DataError(f"{path}: no rows; expected a CSV table")
@@ -174,4 +178,4 @@ def load_csv_matrix(path: str | os.PathLike, *, header: bool | None = None, deli
     body = rows[1:] if header else rows
     if not body:
         raise DataError(f"{path}: no data rows after the header")
-    return _parse(path, body, len(names) if names is not None else len(body[0][1]), names)
+    return names, body

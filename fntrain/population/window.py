@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
-from fntrain.parallel import to_host
-from fntrain.window import column_means
+from fntrain.window import LogWindow, column_means
 
 
-class MemberWindow:
-    """Collects each dispatch's metrics (device arrays ``[M]``, or ``[M, K]`` fused) and
-    fetches them to the host at most once per boundary, as :class:`fntrain.window.LogWindow`
-    does for one run; columns are ``[M, steps]``."""
+class MemberWindow(LogWindow):
+    """:class:`fntrain.window.LogWindow` over a population: each dispatch's metrics are
+    device arrays ``[M]`` (or ``[M, K]`` fused), fetched at most once per boundary, and
+    the columns are ``[M, steps]``."""
 
-    def __init__(self, columns: Optional[dict[str, np.ndarray]] = None):
-        self._pending: list[dict] = []
-        self._columns: dict[str, np.ndarray] = dict(columns or {})
-
-    def add(self, metrics: dict) -> None:
-        self._pending.append(metrics)
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """``{metric: [M, steps]}`` on the host."""
-        if self._pending:
-            host = to_host(self._pending)
-            self._columns = {
-                k: np.concatenate(
-                    ([self._columns[k]] if self._columns else []) + [np.asarray(m[k]).reshape(len(m[k]), -1) for m in host],
-                    axis=1,
-                )
-                for k in host[0]
-            }
-            self._pending = []
-        return self._columns
+    @staticmethod
+    def _column(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values).reshape(len(values), -1)
 
     @property
     def steps(self) -> int:
@@ -49,13 +29,3 @@ class MemberWindow:
     def means(self, member: int) -> dict[str, float]:
         """``member``'s means over the window, as :meth:`fntrain.window.LogWindow.means`."""
         return column_means({k: v[member] for k, v in self.columns().items()})
-
-    def clear(self) -> None:
-        self._pending, self._columns = [], {}
-
-    def to_meta(self) -> dict:
-        return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in self.columns().items()}
-
-    @classmethod
-    def from_meta(cls, meta: dict) -> "MemberWindow":
-        return cls({k: np.asarray(c["values"], dtype=c["dtype"]) for k, c in meta.items()})
