@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 import jax
 import numpy as np
@@ -20,12 +20,14 @@ class Dispatch(NamedTuple):
         ``[B]`` / ``[K, B]`` int32 of data kept on the device.
       position: the data iterator's position after it.
       examples: training examples in it.
+      fused: whether its batch has the leading ``[K]`` axis of a fused dispatch.
     """
 
     steps: int
     batch: Any
     position: data_lib.IteratorState
     examples: int
+    fused: bool = False
 
 
 def dispatches(
@@ -33,7 +35,7 @@ def dispatches(
     cadence: Cadence,
     start_step: int,
     *,
-    steps_per_dispatch: int = 1,
+    steps_per_dispatch: Union[int, Callable[[], int]] = 1,
     rows_only: bool = False,
     pad_to: Optional[int] = None,
     put: Optional[Callable[[Any], Any]] = None,
@@ -48,7 +50,10 @@ def dispatches(
     Args:
       iterator: the training batches, positioned at ``start_step``.
       cadence: where the events are.
-      steps_per_dispatch: K; above 1, batches are stacked on a leading ``[K]`` axis.
+      steps_per_dispatch: K; above 1, batches are stacked on a leading ``[K]`` axis. A
+        function instead is read before each dispatch (``loop.steps_per_dispatch: auto``);
+        a dispatch it would cut short of its K at an event then runs as single steps, so
+        only two programs compile.
       rows_only: yield row indices for data kept on the device instead of batches:
         ``rows`` or, with ``pad_to``, ``(rows, weights)``.
       pad_to: the batch size to pad to (``data.pad_batch``); None: no padding and no weights.
@@ -59,12 +64,17 @@ def dispatches(
     """
     if gather is None:
         gather = lambda rows: data_lib.gather_batch(iterator.arrays, rows, pad_to=pad_to)  # noqa: E731
-    fused = steps_per_dispatch > 1
+    chosen = callable(steps_per_dispatch)
+    size = steps_per_dispatch if chosen else (lambda: steps_per_dispatch)
     step = start_step
     while step < cadence.total_steps:
-        count = cadence.steps_to_event(step, steps_per_dispatch)
+        k = size()
+        count = cadence.steps_to_event(step, k)
         if pad_to is None:
             count = max(1, min(count, iterator.full_batches_left))
+        if chosen and count < k:
+            count = 1
+        fused = count > 1 if chosen else k > 1
         rows = [iterator.next_indices() for _ in range(count)]
         examples = sum(len(r) for r in rows)
         if rows_only:
@@ -75,4 +85,4 @@ def dispatches(
         if put is not None and not rows_only:
             batch = put(batch)
         step += count
-        yield Dispatch(count, batch, iterator.state, examples)
+        yield Dispatch(count, batch, iterator.state, examples, fused)

@@ -31,6 +31,7 @@ from fntrain import config as cfg
 from fntrain import data as data_lib
 from fntrain import config_diff, nn, optim, signals
 from fntrain.cadence import Cadence, CheckpointTimer
+from fntrain.autofuse import AutoFusion, fused_size
 from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
 from fntrain.callbacks import from_config as callbacks_from_config
 from fntrain.checkpoint import Checkpointer, param_shapes
@@ -148,6 +149,8 @@ class _Run:
     status: StatusFile
     say: Callable[[str], None]
     train_step: Callable
+    fused_step: Optional[Callable]  # loop.steps_per_dispatch: auto, the fused program it may choose
+    fusion: Optional[AutoFusion]  # ...and its choice
     eval_step: Callable
     resident: Any  # the training split on the device, or None
     pad: bool  # batches padded to full size with weight-0 rows, so shapes never change
@@ -179,7 +182,8 @@ class _Clock:
         self.steady_seconds = self.eval_seconds = 0.0
         self.first_window = True  # it pays for compilation
 
-    def window_done(self) -> None:
+    def window_done(self) -> float:
+        """Ends a log window; returns its seconds (evaluations excluded)."""
         elapsed = time.perf_counter() - self.window_start
         if not self.first_window:
             self.steady_examples += self.window_examples
@@ -187,6 +191,7 @@ class _Clock:
         self.first_window = False
         self.examples += self.window_examples
         self.window_examples, self.window_start = 0, time.perf_counter()
+        return elapsed
 
     def exclude(self, seconds: float) -> None:
         self.eval_seconds += seconds
@@ -303,8 +308,9 @@ def _upcoming(run: _Run, loop: LoopState):
         data_lib.gather_batch, run.exp.splits.train, pad_to=pad_to,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    size = (lambda: run.fusion.size) if run.fusion else run.config.loop.fixed_dispatch_size
     upcoming = dispatches(
-        run.iterator, run.cadence, loop.step, steps_per_dispatch=run.config.loop.steps_per_dispatch,
+        run.iterator, run.cadence, loop.step, steps_per_dispatch=size,
         rows_only=resident, pad_to=pad_to, put=None if resident else run.placement.global_batch, gather=gather,
     )
     return data_lib.prefetch(upcoming, 0 if resident else dc.prefetch)
@@ -312,13 +318,17 @@ def _upcoming(run: _Run, loop: LoopState):
 
 def _run_dispatches(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, guard: signals.SignalGuard, upcoming):
     throttle = run.placement.num_devices > 1 and jax.devices()[0].platform == "cpu"
-    first, pending = True, next(upcoming, None)
+    compiled, pending = set(), next(upcoming, None)
     while pending is not None:
         dispatch = pending
-        previous, (ts, metrics) = ts, run.train_step(ts, dispatch.batch)
-        if first:
+        step_fn = run.fused_step if dispatch.fused and run.fused_step else run.train_step
+        started = time.perf_counter()
+        previous, (ts, metrics) = ts, step_fn(ts, dispatch.batch)
+        if step_fn not in compiled:
+            compiled.add(step_fn)
             check_donation(previous, "train_step")
-            first = False
+            if run.fusion:
+                run.fusion.compiled(dispatch.steps, time.perf_counter() - started)
         pending = next(upcoming, None)  # prepared while the device runs this dispatch
         loop.step += dispatch.steps
         loop.data_position = dispatch.position
@@ -400,7 +410,9 @@ def _log_train(run: _Run, ts: TrainState, loop: LoopState, dispatch: Dispatch, c
         x, y = _last_batch(run, dispatch)
         stats = to_host(run.stats_fn(run.exp.net, ts.params, ts.model_state, x, y, run.exp.loss))
         values.update({f"layers/{k}": float(v) for k, v in stats.items() if k != "loss"})
-    clock.window_done()
+    seconds = clock.window_done()
+    if run.fusion:
+        run.fusion.window_done(loop.window.steps, seconds, run.cadence.total_steps - loop.step)
     run.callbacks.on_log(loop.step, "train", {"epoch": run.cadence.epoch(loop.step), **values})
     loop.final["train"] = values
     loop.window.clear()
@@ -408,8 +420,7 @@ def _log_train(run: _Run, ts: TrainState, loop: LoopState, dispatch: Dispatch, c
 
 def _last_batch(run: _Run, dispatch: Dispatch):
     """The dispatch's last batch ``(x, y)`` on the device (for layer statistics)."""
-    fused_batch = run.config.loop.steps_per_dispatch > 1
-    last = jax.tree.map(lambda a: a[-1], dispatch.batch) if fused_batch else dispatch.batch
+    last = jax.tree.map(lambda a: a[-1], dispatch.batch) if dispatch.fused else dispatch.batch
     if run.resident is None:
         return last[:2]
     rows = last[0] if run.pad else last
@@ -549,6 +560,7 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
         "network": run.exp.shapes,  # what fntrain.load_run sizes the network by
         "devices": [str(d) for d in run.placement.mesh.devices.flat],
         "processes": jax.process_count(),
+        "steps_per_dispatch": run.fusion.summary() if run.fusion else run.config.loop.fixed_dispatch_size,
     }
 
 
@@ -586,6 +598,8 @@ def _set_up(
             batch_size=dc.batch_size,
         )
         resident = _resident_train_data(dc, exp.splits.train, placement)
+        fusion = _auto_fusion(config, placement, resident)
+        compile_step = functools.partial(_compiled_train_step, config, exp.loss_fn, b.optimizer, placement, b.state_sharding, resident)
         status = StatusFile(run_dir)
         run = _Run(
             config=config,
@@ -602,7 +616,9 @@ def _set_up(
             progress=progress,
             status=status,
             say=say,
-            train_step=_compiled_train_step(config, exp.loss_fn, b.optimizer, placement, b.state_sharding, resident),
+            train_step=compile_step(1 if fusion else config.loop.fixed_dispatch_size),
+            fused_step=compile_step(fusion.k) if fusion else None,
+            fusion=fusion,
             eval_step=make_eval_stats_step(exp.loss_fn, metrics_sharding=placement.replicated),
             resident=resident,
             pad=b.pad,
@@ -700,9 +716,19 @@ def _run_info(run: _Run, loop: LoopState) -> RunInfo:
     )
 
 
-def _compiled_train_step(config, loss_fn, optimizer, placement: Placement, state_sharding, resident) -> Callable:
-    """The jitted train step the loop calls as ``step(ts, batch_or_rows)``, with its guards."""
-    k = config.loop.steps_per_dispatch
+def _auto_fusion(config: cfg.Config, placement: Placement, resident) -> Optional[AutoFusion]:
+    """The timed choice of ``loop.steps_per_dispatch: auto``, where it applies: one process on
+    one device with the training split on it. Elsewhere auto means single steps: processes
+    must agree on every program, and host batches are prepared ahead by a thread."""
+    if config.loop.steps_per_dispatch != "auto" or resident is None or placement.num_devices > 1 or jax.process_count() > 1:
+        return None
+    k = fused_size(config.log.every_steps)
+    return AutoFusion(k) if k > 1 else None
+
+
+def _compiled_train_step(config, loss_fn, optimizer, placement: Placement, state_sharding, resident, k: int) -> Callable:
+    """The jitted train step of dispatches of ``k`` steps, called as ``step(ts, batch_or_rows)``,
+    with its guards."""
     step = make_step(
         loss_fn,
         optimizer,

@@ -291,7 +291,7 @@ def worker_fntrain(name: str, args) -> dict:
         kf, jax.tree.map(jnp.copy, fresh()), stacked, examples=examples * fuse,
         steps=max(1, args.steps // fuse), windows=args.windows,
     )
-    results["loop"] = loop_rate(name, args, examples)
+    results["loop"], results["loop_dispatch"] = loop_rate(name, args, examples)
 
     # Mixed precision: bfloat16 compute over float32 master parameters (fntrain.nn.mixed_precision).
     bf16_loss_fn = ft.supervised_loss(ft.nn.mixed_precision(net, jnp.bfloat16), ft.losses.softmax_cross_entropy, metric_fns={})
@@ -300,9 +300,14 @@ def worker_fntrain(name: str, args) -> dict:
     return results
 
 
-def loop_rate(name: str, args, batch_size: int) -> float:
-    """Steady-state examples/s of the whole `fntrain.train` loop on this workload: the median
-    over log windows after the first, the statistic `rate` gives the bare steps."""
+LOOP_WINDOWS = 16  # log windows of the loop's run: long enough for auto fusion to pay
+LOOP_SETTLING = 5  # ...of which the first are not timed: compilations and auto's two timings
+
+
+def loop_rate(name: str, args, batch_size: int) -> tuple[float, dict]:
+    """Steady-state examples/s of the whole `fntrain.train` loop on this workload, and what
+    `loop.steps_per_dispatch: auto` chose: the median over log windows once the choice is made
+    (`LOOP_SETTLING`), the statistic `rate` gives the bare steps."""
     import io
     import tempfile
 
@@ -322,7 +327,7 @@ def loop_rate(name: str, args, batch_size: int) -> float:
     overrides = [
         "data={name: bench_data, val_fraction: 0.0, test_fraction: 0.0, shuffle: false, batch_size: %d}" % batch_size,
         "model={name: bench_model}",
-        "loop={kind: steps, num_steps: %d}" % (log_every * (args.windows + 1)),
+        "loop={kind: steps, num_steps: %d}" % (log_every * max(LOOP_WINDOWS, LOOP_SETTLING + args.windows)),
         "log={every_steps: %d, progress: none}" % log_every,
         "checkpoint={every_steps: null}",
         "optimizer={name: adam, learning_rate: 1e-3}",
@@ -339,7 +344,9 @@ def loop_rate(name: str, args, batch_size: int) -> float:
         config = ft.load_config(path, overrides + [f"output_dir={tmp}/run"])
         logs = LogTimes()
         ft.train(config, stream=io.StringIO(), callbacks=[logs])
-    return logs.median_rate(batch_size)
+        with open(os.path.join(tmp, "run", "summary.json")) as f:
+            chosen = json.load(f)["steps_per_dispatch"]
+    return logs.median_rate(batch_size, skip=LOOP_SETTLING), chosen
 
 
 class LogTimes:
@@ -353,9 +360,10 @@ class LogTimes:
         if split == "train":
             self.marks.append((step, time.perf_counter()))
 
-    def median_rate(self, batch_size: int) -> float:
-        """Median examples/s over the windows after the first (which compiles), as `rate`."""
-        pairs = zip(self.marks, self.marks[1:])
+    def median_rate(self, batch_size: int, skip: int = 1) -> float:
+        """Median examples/s over the windows after the first ``skip``, as `rate`."""
+        marks = self.marks[skip - 1:]
+        pairs = zip(marks, marks[1:])
         return statistics.median((s1 - s0) * batch_size / (t1 - t0) for (s0, t0), (s1, t1) in pairs)
 
 
@@ -835,6 +843,7 @@ def measure(name: str, peers: list[str], args) -> dict:
     for key in ("hand_same_process", "k1", "fused", "loop", "k1_bf16", "fused_compile_s"):
         row[key] = med(ours, key)
     row["allocator"] = ours[0]["allocator"]
+    row["loop_dispatch"] = [r["loop_dispatch"] for r in ours]
     row["peers"] = {}
     for peer in peers:
         runs = theirs.get(peer)
@@ -850,6 +859,47 @@ def measure(name: str, peers: list[str], args) -> dict:
                 "losses": runs[0]["losses"],
             }
     return row
+
+
+def describe_dispatch(chosen) -> str:
+    """The loop's `steps_per_dispatch` from its summary.json, in words."""
+    if not isinstance(chosen, dict):
+        return f"K={chosen}"
+    timed = f" (single {chosen['single_step_ms']} ms" if chosen["single_step_ms"] is not None else " (not timed"
+    tried = f", fused {chosen['fused_step_ms']} ms)" if chosen["fused_step_ms"] is not None else ")"
+    return f"K={chosen['chosen']}{timed}{tried}"
+
+
+def machine() -> str:
+    """CPU model, cores, the SIMD flags that matter to XLA:CPU, and jax's version."""
+    import platform
+
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "avx512_vnni") if f in flags]
+    version = subprocess.run([sys.executable, "-c", "import jax; print(jax.__version__)"], capture_output=True, text=True)
+    return (f"{model}, {os.cpu_count()} cores, flags {' '.join(simd) or 'none of avx2/avx512'}, "
+            f"Python {platform.python_version()}, jax {version.stdout.strip() or '?'}")
+
+
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS does not say)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+QUIET_LOAD = 1.5  # above this 1-minute load average, other work shares the cores
 
 
 def print_tables(rows: list[dict], peers: list[str], args) -> None:
@@ -868,7 +918,7 @@ def print_tables(rows: list[dict], peers: list[str], args) -> None:
     print(f"\nexamples/s (medians), ratio to the hand-written step in a plain process; matmul roofline {peak / 1e9:.0f} GFLOP/s\n")
     table(
         ["workload", "hand-written, plain process", "hand-written, fntrain process", "fntrain K=1", f"fntrain K={args.fuse}",
-         "fntrain loop (K=1)", "fntrain K=1 bf16", "K=1 / same-process hand", "loop / K=1", "fused compile"],
+         "fntrain loop (auto)", "fntrain K=1 bf16", "K=1 / same-process hand", "loop / K=1", "fused compile"],
         [
             [r["workload"], baseline(r), f"{r['hand_same_process'] / r['baseline']:.2f}", f"{r['k1'] / r['baseline']:.2f}",
              f"{r['fused'] / r['baseline']:.2f}", f"{r['loop'] / r['baseline']:.2f}", f"{r['k1_bf16'] / r['baseline']:.2f}",
@@ -877,6 +927,8 @@ def print_tables(rows: list[dict], peers: list[str], args) -> None:
         ],
     )
     print(f"\nallocator in the fntrain process: {rows[0]['allocator']}; plain process: glibc malloc defaults")
+    print("loop.steps_per_dispatch: auto chose, per round: " + "; ".join(
+        f"{r['workload']} " + ", ".join(describe_dispatch(c) for c in r["loop_dispatch"]) for r in rows))
 
     def peer_cell(r, peer):
         p = r["peers"][peer]
@@ -939,12 +991,21 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    before = load_average()
     rows = []
     fixed_steps = args.steps
     for name in names:
         args.steps = fixed_steps or (2 if args.tiny else default_steps[name])
         rows.append(measure(name, args.peers, args))
+    after = load_average()
     print_tables(rows, args.peers, args)
+    print(f"\nload average (1 min): {before:.2f} before, {after:.2f} after (counted with this bench's own "
+          f"process, about 1-2 while it runs on 2 cores)")
+    if before > QUIET_LOAD or after > QUIET_LOAD + 2:
+        print(f"warning: the load average was {before:.2f} before and {after:.2f} after the run (quiet: at most "
+              f"{QUIET_LOAD} before, {QUIET_LOAD + 2} after): other work was "
+              "sharing the cores, so these ratios are noisier than usual; rerun on a quiet machine", file=sys.stderr)
 
 
 if __name__ == "__main__":

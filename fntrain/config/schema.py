@@ -6,7 +6,7 @@ generated from these descriptions (``python scripts/config_reference.py --write`
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
@@ -28,14 +28,24 @@ class LoopConfig(_Section):
     num_steps: Optional[PositiveInt] = Field(None, description="kind steps: training steps over the repeating stream.")
     eval_every_epochs: Optional[PositiveInt] = Field(1, description="kind epochs: evaluate on val every N epochs; null: only at the end.")
     eval_every_steps: Optional[PositiveInt] = Field(None, description="Evaluate on val every N steps (either kind); null: off.")
-    steps_per_dispatch: PositiveInt = Field(
-        1, description="Fuse up to N steps into one `lax.scan` dispatch (results equal N single steps)."
+    steps_per_dispatch: Union[PositiveInt, Literal["auto"]] = Field(
+        "auto",
+        description="Fuse up to N steps into one `lax.scan` dispatch (results equal N single steps). auto: "
+        "chosen by timing the run's own log windows (single steps, then fused dispatches of the largest "
+        "K <= 16 dividing `log.every_steps` if the step is short and the run long enough to pay for a second "
+        "compilation, kept only if faster; reported in summary.json); one process on one device with "
+        "`data.on_device`, single steps elsewhere.",
     )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="A non-finite loss or gradient: stop (exit 3, last good checkpoint kept) or skip that "
         "update and count it (`nonfinite` in metrics.jsonl).",
     )
+
+    @property
+    def fixed_dispatch_size(self) -> int:
+        """``steps_per_dispatch`` where it is not chosen by timing: ``auto`` is 1."""
+        return 1 if self.steps_per_dispatch == "auto" else self.steps_per_dispatch
 
     @model_validator(mode="after")
     def _length_given(self):

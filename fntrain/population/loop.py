@@ -235,7 +235,7 @@ def _announce(run: _Run, loop: PopulationLoop) -> None:
 def _upcoming(run: _Run, loop: PopulationLoop):
     """The population's dispatches from ``loop.step``: each member's rows, stacked ``[M, ...]``."""
     pad_to = run.config.data.batch_size if run.pad else None
-    k = run.config.loop.steps_per_dispatch
+    k = run.config.loop.fixed_dispatch_size
     streams = [
         dispatches(it, run.cadence, loop.step, steps_per_dispatch=k, rows_only=True, pad_to=pad_to)
         for it in run.iterators

@@ -103,7 +103,7 @@ def make_population_step(config: cfg.Config, shape: NetShape, total_steps: int, 
         step = make_step(loss_fn, optimizer, grad_norm_every_steps=grad_norm_every, accumulate_steps=oc.accumulate_steps)
         if lc.on_nonfinite == "skip":
             step = skipping_nonfinite(step)
-        if lc.steps_per_dispatch > 1:
+        if lc.fixed_dispatch_size > 1:
             step = fused(step)
         new, metrics = step(ts, _gather(data, d, rows))
         return select(active, new, ts), metrics
