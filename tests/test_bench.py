@@ -74,8 +74,12 @@ def check_output(text, workloads, peers):
     assert peer_table[0][4:] == peers
     assert_measured(peer_table, workloads, not_measured=[p for p in peers if p not in INSTALLED])
     assert "% of roofline" in peer_table[1][1]
-    for name in workloads:  # the verdict line for each workload
-        assert re.search(rf"^- {name}: (fntrain K=4 \(|no peer measured)", text, re.M), text
+    for name in workloads:  # the verdict line for each workload: best configuration, roofline fraction
+        assert re.search(rf"^- {name}: fntrain best (K=1|K=4|loop) \(\d+\.\d\d, \d+% of roofline\)", text, re.M), text
+    assert re.search(r"^machine: .+, \d+ cores, flags .+, jax \d", text, re.M), text
+    assert re.search(r"^load average \(1 min\): \d+\.\d\d before, \d+\.\d\d after", text, re.M), text
+    chosen = re.search(r"^loop.steps_per_dispatch: auto chose, per round: (.+)$", text, re.M)
+    assert chosen and all(re.search(rf"\b{w} K=\d+ \(", chosen.group(1)) for w in workloads), text
 
 
 def test_tiny_without_peers():
