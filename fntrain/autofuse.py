@@ -59,25 +59,26 @@ class AutoFusion:
         self.windows = 0
         self.single_seconds: Optional[float] = None  # per step
         self.fused_seconds: Optional[float] = None
-        self.compile_seconds = {1: 0.0, k: 0.0}
-        self.compiled_before: Optional[int] = None  # windows after this one time fused dispatches
+        self.single_compile_seconds = 0.0
+        self.fused_compiled_in: Optional[int] = None  # the window the fused program compiled in
 
     def compiled(self, size: int, seconds: float) -> None:
         """The first call of the program for dispatches of ``size`` steps took ``seconds``."""
-        self.compile_seconds[size] = seconds
-        if size == self.k and self.compiled_before is None:
-            self.compiled_before = self.windows + 1  # the window it compiled in is not timed
+        if size == 1:
+            self.single_compile_seconds = seconds
+        elif self.fused_compiled_in is None:
+            self.fused_compiled_in = self.windows + 1  # that window is not timed
 
     def window_done(self, steps: int, seconds: float, steps_left: int) -> None:
         """A log window of ``steps`` steps took ``seconds`` (wall time, evaluations excluded)."""
         self.windows += 1
         if self.phase == "measuring" and self.windows >= 2 and steps:
             self.single_seconds = seconds / steps
-            if worth_trying(self.single_seconds, self.compile_seconds[1], steps_left):
+            if worth_trying(self.single_seconds, self.single_compile_seconds, steps_left):
                 self.phase, self.size = "trying", self.k
             else:
                 self.phase = "single"
-        elif self.phase == "trying" and steps and self.compiled_before is not None and self.compiled_before < self.windows:
+        elif self.phase == "trying" and steps and self.fused_compiled_in is not None and self.windows > self.fused_compiled_in:
             self.fused_seconds = seconds / steps
             faster = self.fused_seconds < KEEP_FACTOR * self.single_seconds
             self.phase, self.size = ("fused", self.k) if faster else ("single", 1)

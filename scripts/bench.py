@@ -43,6 +43,7 @@ beats every peer measured, and its fraction of the matmul roofline.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -887,9 +888,8 @@ def machine() -> str:
     except OSError:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "avx512_vnni") if f in flags]
-    version = subprocess.run([sys.executable, "-c", "import jax; print(jax.__version__)"], capture_output=True, text=True)
     return (f"{model}, {os.cpu_count()} cores, flags {' '.join(simd) or 'none of avx2/avx512'}, "
-            f"Python {platform.python_version()}, jax {version.stdout.strip() or '?'}")
+            f"Python {platform.python_version()}, jax {importlib.metadata.version('jax')}")
 
 
 def load_average() -> float:
