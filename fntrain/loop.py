@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from fntrain import builders
 from fntrain import config as cfg
 from fntrain import data as data_lib
-from fntrain import config_diff, nn, optim, signals
+from fntrain import config_diff, malloc, nn, optim, signals
 from fntrain.cadence import Cadence, CheckpointTimer
 from fntrain.autofuse import AutoFusion, fused_size
 from fntrain.callbacks import Callbacks, MetricsFile, RunInfo
@@ -157,6 +157,7 @@ class _Run:
     stats_fn: Optional[Callable]
     resumed_from: Optional[int]
     observe: Optional[Callable]  # reduce_on_plateau: observe(opt_state, value) -> opt_state
+    conv_mark: int  # where this run's convolutions start in nn.conv_choice's record
 
     @property
     def ema(self) -> bool:
@@ -561,6 +562,8 @@ def _summary(run: _Run, ts: TrainState, loop: LoopState, clock: _Clock, train_se
         "devices": [str(d) for d in run.placement.mesh.devices.flat],
         "processes": jax.process_count(),
         "steps_per_dispatch": run.fusion.summary() if run.fusion else run.config.loop.fixed_dispatch_size,
+        "conv_kernels": nn.conv_choice.choices(since=run.conv_mark),  # XLA:CPU's, per shape
+        "allocator": malloc.status,
     }
 
 
@@ -577,7 +580,7 @@ def _set_up(
     changes nothing; a signal during start-up stops it between stages. A failure
     releases the lock (and removes the directory if it wrote nothing there).
     """
-    pc = config.parallel
+    pc, conv_mark = config.parallel, nn.conv_choice.mark()
     if pc.distributed:
         initialize_distributed(pc.coordinator_address, pc.num_processes, pc.process_id)
     main_process = jax.process_index() == 0
@@ -626,6 +629,7 @@ def _set_up(
             stats_fn=jax.jit(layer_stats, static_argnums=(0, 5)) if config.log.layer_stats else None,
             resumed_from=loop.step if restored is not None else None,
             observe=config.optimizer.reduce_on_plateau.observer() if config.optimizer.reduce_on_plateau else None,
+            conv_mark=conv_mark,
         )
     except BaseException:
         if checkpointer is not None:

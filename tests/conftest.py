@@ -1,9 +1,21 @@
 """Shared test helpers: float64 finite differences, the independent reference for gradients."""
 
-import jax
-import numpy as np
-import pytest
-from jax.flatten_util import ravel_pytree
+import atexit
+import os
+import shutil
+import tempfile
+
+# The suite compiles the same programs on every machine: XLA:CPU's convolution kernel is pinned
+# (tests/test_conv_choice.py unsets it to test the timed choice), and measured choices go to a
+# cache of the test session's own, never the user's.
+os.environ["FNTRAIN_CONV"] = "im2col"
+os.environ["FNTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fntrain-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FNTRAIN_CACHE_DIR"], ignore_errors=True)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
 
 @pytest.fixture

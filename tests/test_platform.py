@@ -18,6 +18,7 @@ from jax import export
 from fntrain import nn
 from fntrain.nn import _cpu
 from fntrain.nn import attention as A
+from fntrain.nn import conv_choice
 from fntrain.nn import layers as L
 
 # x [2, 4, 4, 3] -> conv2d 3x3 (patches [2, 4, 4, 27]) -> 16 positions as a sequence -> causal block.
@@ -199,7 +200,8 @@ def test_cpu_and_jax_nn_attention_agree_on_cpu(case):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
 
 
-def test_cpu_and_xla_convolution_agree_on_cpu_under_jvp_and_hessian():
+def test_cpu_and_xla_convolution_agree_on_cpu_under_jvp_and_hessian(monkeypatch):
+    monkeypatch.setenv("FNTRAIN_CONV", "im2col")  # the CPU branch is im2col, whatever timing would choose
     # test_conv.py compares the two forward and backward over a grid; here the modes that go
     # through both branches of platform_dependent under jit.
     rng = np.random.default_rng(0)
@@ -209,7 +211,7 @@ def test_cpu_and_xla_convolution_agree_on_cpu_under_jvp_and_hessian():
     def f(conv):
         return lambda w: jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME")))
 
-    ours, ref = f(L.conv2d_nhwc), f(L._xla_conv2d)
+    ours, ref = f(L.conv2d_nhwc), f(conv_choice.xla_conv2d)
     modes = {"jvp": lambda f: jax.jvp(f, (w,), (tw,)), "hessian": lambda f: jax.hessian(f)(w)}
     for name, mode in modes.items():
         got, want = jax.jit(lambda: mode(ours))(), jax.jit(lambda: mode(ref))()

@@ -1,6 +1,6 @@
 """Networks as ``(init, apply)`` pairs over plain parameter pytrees."""
 
-from fntrain.nn import initializers
+from fntrain.nn import conv_choice, initializers
 from fntrain.nn.attention import (
     dot_product_attention,
     learned_position_embedding,
@@ -53,6 +53,7 @@ __all__ = [
     "cnn1d",
     "conv1d",
     "conv2d",
+    "conv_choice",
     "count_params",
     "dense",
     "depthwise_conv2d",

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fntrain.hyperparams import is_concrete, known_zero
-from fntrain.nn import _cpu, initializers
+from fntrain.nn import conv_choice, initializers
 from fntrain.nn.core import Module, stateless
 from fntrain.nn.matmul import matmul
 
@@ -179,19 +179,17 @@ def conv1d(
     return Module(init, apply, "conv1d")
 
 
-def _xla_conv2d(x, w, strides: tuple[int, int], padding: str):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def conv2d_nhwc(x, w, strides: tuple[int, int], padding: str):
     """Cross-correlation over NHWC/HWIO: XLA's convolution, or on XLA:CPU one matmul of image patches.
 
     Equals ``lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC",
     "HWIO", "NHWC"))``. The kernel depends on the platform the computation is lowered for
     (``jax.lax.platform_dependent``): on GPU and TPU it is that convolution (cuDNN's on NVIDIA
-    GPUs); on XLA:CPU it is im2col and one matmul (``fntrain/nn/_cpu.py``), several times
-    faster there forward and backward but ``kh * kw`` times the memory of ``x``. Both support
-    every autodiff mode (``jax.grad``, ``jax.jvp``, ``jax.hessian``) and ``jax.vmap``.
+    GPUs); on XLA:CPU it is whichever of that convolution and im2col with one matmul
+    (``fntrain/nn/_cpu.py``: several times faster on some machines, but ``kh * kw`` times the
+    memory of ``x``) was timed faster for this shape on this machine (``fntrain/nn/conv_choice.py``;
+    ``FNTRAIN_CONV=im2col`` or ``xla`` forces one). All support every autodiff mode
+    (``jax.grad``, ``jax.jvp``, ``jax.hessian``) and ``jax.vmap``.
 
     Shapes: ``x: [N, H, W, C]``, ``w: [kh, kw, C, F]`` -> ``[N, H', W', F]``, dtype of ``x``.
     """
@@ -201,8 +199,8 @@ def conv2d_nhwc(x, w, strides: tuple[int, int], padding: str):
     return lax.platform_dependent(
         x,
         w,
-        cpu=functools.partial(_cpu.conv2d_im2col, strides=strides, padding=padding),
-        default=functools.partial(_xla_conv2d, strides=strides, padding=padding),
+        cpu=functools.partial(conv_choice.cpu_kernel(x, w, strides, padding), strides=strides, padding=padding),
+        default=functools.partial(conv_choice.xla_conv2d, strides=strides, padding=padding),
     )
 
 
