@@ -1,4 +1,4 @@
-"""The ``fntrain`` command: ``train``, ``eval``, ``gradcheck``, ``plot``, ``runs``, ``predict``, ``export``.
+"""The ``fntrain`` command: ``train``, ``eval``, ``gradcheck``, ``tune``, ``plot``, ``runs``, ``predict``, ``export``.
 
 Exit codes: 0 success; 2 a bad config, override, file or data, a run directory that is
 in use or not fntrain's, or a file that cannot be written (a full disk, a read-only
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fntrain", description="Train JAX networks from YAML configs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck,plot,runs,predict,export}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,gradcheck,tune,plot,runs,predict,export}", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a config", description="Train the network a YAML config describes.")
     train.add_argument("config", help="the YAML config file")
@@ -68,9 +68,22 @@ def _parser() -> argparse.ArgumentParser:
         "do not sit ReLUs exactly on their kink, where finite differences disagree (default 0.01; 0: off)",
     )
     check.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_tune(sub)
     _add_tools(sub)
     _add_model_tools(sub)
     return parser
+
+
+def _add_tune(sub) -> None:
+    tune = sub.add_parser(
+        "tune", help="measure the fastest allocator setting for a config",
+        description="Train the config briefly under each allocator setting (FNTRAIN_MALLOC tuned, system, hugetlb), "
+        "each in a fresh process, and keep the fastest for this machine: `fntrain train` of the config then uses it.",
+    )
+    tune.add_argument("config", help="the YAML config")
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
+    tune.add_argument("--steps", type=int, default=100, help="training steps per setting (default 100)")
+    tune.add_argument("--print-config", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_tools(sub) -> None:
@@ -155,12 +168,29 @@ def _runs(args) -> int:
 
 
 def _train(args) -> int:
+    from fntrain import allocator_choice
     from fntrain.loop import train
 
     config = _load(args)
     if config is None:
         return 0
+    allocator_choice.apply(config, args.argv, may_restart=args.console)
     train(config, overwrite=args.overwrite, resume=True if args.resume else None)
+    return 0
+
+
+def _tune(args) -> int:
+    from fntrain import allocator_choice
+
+    if args.steps < 4:
+        return _fail(f"--steps must be at least 4, got {args.steps}", EXIT_USAGE)
+    config = _load(args)
+    if config is None:
+        return 0
+    rates = allocator_choice.measure(args.config, args.overrides, args.steps, say=print)
+    mode = allocator_choice.remember(config, rates)
+    print(f"fastest here: FNTRAIN_MALLOC={mode}; `fntrain train {args.config}` will use it on this machine "
+          f"(kept in {allocator_choice.tuning.cache_dir()})")
     return 0
 
 
@@ -249,6 +279,9 @@ def _main(argv: list[str] | None) -> int:
     if extra and not hasattr(args, "overrides"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
+    # What `train` restarts itself with, where a measured allocator setting needs it (only when
+    # run as the console script: a Python caller's process is never replaced).
+    args.argv, args.console = (sys.argv[1:], True) if argv is None else (list(argv), False)
     if args.command != "train":
         signals.uninstall()  # the other commands keep Python's own handling (Ctrl-C interrupts)
     # No folder goes on sys.path here: a config's `module.path:function` names are imported
@@ -259,7 +292,7 @@ def _main(argv: list[str] | None) -> int:
     from fntrain.storage import describe
 
     try:
-        commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "plot": _plot, "runs": _runs,
+        commands = {"train": _train, "eval": _eval, "gradcheck": _gradcheck, "tune": _tune, "plot": _plot, "runs": _runs,
                     "predict": _predict, "export": _export}
         return commands[args.command](args)
     except (ConfigError, DataError) as e:

@@ -36,7 +36,12 @@ Only on Linux with glibc; a preloaded tcmalloc, jemalloc or mimalloc is left alo
 setting affects later allocations, so importing fntrain after jax still helps.
 
 Switching it: ``FNTRAIN_MALLOC=system`` keeps glibc's defaults, ``FNTRAIN_MALLOC=tuned``
-tunes whatever the platform, unset (or ``auto``) decides as above. From Python,
+tunes whatever the platform, ``FNTRAIN_MALLOC=hugetlb`` keeps glibc's per-thread arenas and
+thresholds but serves the heap from transparent huge pages (the ``glibc.malloc.hugetlb=1``
+tunable: it must be in ``GLIBC_TUNABLES`` when the process starts, which ``fntrain train``
+arranges by starting itself again), unset (or ``auto``) decides as above. Which of these is
+fastest differs between machines: ``fntrain tune CONFIG`` measures them for a config, and
+``fntrain train`` then uses the fastest (:mod:`fntrain.allocator_choice`). From Python,
 ``fntrain.malloc.tune("tuned")``, ``tune("system")`` (restores glibc's default values) or
 ``tune()`` (decides again, e.g. once JAX has picked its backend). :data:`status` says what
 was done and why.
@@ -61,7 +66,8 @@ _TRIM_THRESHOLD = 1 << 31
 # once it is set, and arena_max 0 cannot be set back, so these are its starting values.
 _GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10, _M_ARENA_MAX: 8 * (os.cpu_count() or 1)}
 
-MODES = ("auto", "tuned", "system")
+MODES = ("auto", "tuned", "system", "hugetlb")
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 # A device node that exists where the plugin's hardware does (JAX falls back to the CPU otherwise).
 _DEVICE_NODES = {"cuda": "/dev/nvidiactl", "rocm": "/dev/kfd"}
 
@@ -156,11 +162,11 @@ def _glibc():
         return None
 
 
-def _decision(mode: str | None) -> tuple[bool, str]:
+def _decision(mode: str | None, reason: str | None = None) -> tuple[bool, str]:
     """Whether to tune, and why."""
     if mode is None:
         env = os.environ.get("FNTRAIN_MALLOC", "").lower()
-        if env in ("tuned", "system"):
+        if env in ("tuned", "system", "hugetlb"):
             return env == "tuned", f"FNTRAIN_MALLOC={env}"
         if env not in ("", "auto"):
             warnings.warn(f"FNTRAIN_MALLOC={env!r} is not one of {MODES}; deciding as for 'auto'.", stacklevel=3)
@@ -168,24 +174,27 @@ def _decision(mode: str | None) -> tuple[bool, str]:
     elif mode not in MODES:
         raise ValueError(
             f"fntrain.malloc.tune mode must be one of {MODES}, got {mode!r}: 'tuned' applies the "
-            "settings, 'system' keeps glibc's defaults, 'auto' applies them where JAX runs on XLA:CPU."
+            "settings, 'system' keeps glibc's defaults, 'hugetlb' keeps them with the heap on huge pages "
+            "(GLIBC_TUNABLES, at process start), 'auto' applies them where JAX runs on XLA:CPU."
         )
     if mode != "auto":
-        return mode == "tuned", f"tune({mode!r})"
+        return mode == "tuned", reason or f"tune({mode!r})"
     on_cpu, why = on_xla_cpu()
     if on_cpu:
         return True, f"JAX will run on XLA:CPU ({why})"
     return False, f"{why}, not XLA:CPU (FNTRAIN_MALLOC=tuned tunes it anyway)"
 
 
-def tune(mode: str | None = None) -> str:
+def tune(mode: str | None = None, reason: str | None = None) -> str:
     """Applies, or undoes, fntrain's glibc malloc settings; records and returns :data:`status`.
 
     Args:
       mode: ``"tuned"`` applies them; ``"system"`` keeps glibc's defaults (restoring its default
         values if fntrain had tuned it; threads already sharing the main arena keep it);
-        ``"auto"`` applies them only where JAX will run on XLA:CPU (:func:`on_xla_cpu`).
+        ``"hugetlb"`` is ``"system"`` for mallopt (the huge-page heap is glibc's tunable, read at
+        process start); ``"auto"`` applies them only where JAX will run on XLA:CPU (:func:`on_xla_cpu`).
         ``None``, what ``import fntrain`` uses, reads ``FNTRAIN_MALLOC`` (default ``"auto"``).
+      reason: why ``mode`` was chosen, for :data:`status` (default ``"tune('<mode>')"``).
 
     Returns:
       The new :data:`status`, e.g. ``"glibc malloc, defaults: JAX_PLATFORMS=cuda, not XLA:CPU
@@ -200,7 +209,7 @@ def tune(mode: str | None = None) -> str:
       "glibc malloc, default values restored: tune('system')"
     """
     global status, _tuned
-    wanted, why = _decision(mode)
+    wanted, why = _decision(mode, reason)
     libc = _glibc()
     if libc is None:
         status = "system allocator (fntrain tunes glibc malloc on Linux only)"
@@ -217,4 +226,13 @@ def tune(mode: str | None = None) -> str:
         status = f"glibc malloc, default values restored: {why}" if not _tuned else "glibc malloc, restore refused"
     else:
         status = f"glibc malloc, defaults: {why}"
+    if libc is not None and not wanted and huge_pages():
+        status += f"; heap on transparent huge pages ({HUGETLB_TUNABLE} in GLIBC_TUNABLES)"
+    elif libc is not None and (mode or os.environ.get("FNTRAIN_MALLOC", "").lower()) == "hugetlb":
+        status += f"; but {HUGETLB_TUNABLE} was not in GLIBC_TUNABLES when the process started (fntrain train sets it)"
     return status
+
+
+def huge_pages() -> bool:
+    """Whether this process was started with glibc's heap on transparent huge pages."""
+    return HUGETLB_TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")

@@ -53,7 +53,7 @@ def test_an_unknown_mode_is_refused_before_anything_changes():
 
 
 def status_in_fresh_process(env: dict[str, str], code: str = "") -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("FNTRAIN_MALLOC", "JAX_PLATFORMS")} | env
+    env = {k: v for k, v in os.environ.items() if k not in ("FNTRAIN_MALLOC", "JAX_PLATFORMS", "GLIBC_TUNABLES")} | env
     script = f"import fntrain\n{code}\nprint(fntrain.malloc.status)"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -70,6 +70,12 @@ def status_in_fresh_process(env: dict[str, str], code: str = "") -> str:
         ({"FNTRAIN_MALLOC": "system", "JAX_PLATFORMS": "cpu"}, "", "glibc malloc, defaults: FNTRAIN_MALLOC=system"),
         ({"FNTRAIN_MALLOC": "tuned", "JAX_PLATFORMS": "cuda"}, "", "glibc malloc, tuned by fntrain: FNTRAIN_MALLOC=tuned"),
         ({"JAX_PLATFORMS": "cpu"}, "fntrain.malloc.tune('system')", "glibc malloc, default values restored: tune('system')"),
+        # hugetlb: glibc's defaults, the heap on huge pages only if glibc was told at start-up.
+        ({"FNTRAIN_MALLOC": "hugetlb", "JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "",
+         "glibc malloc, defaults: FNTRAIN_MALLOC=hugetlb; heap on transparent huge pages (glibc.malloc.hugetlb=1 in GLIBC_TUNABLES)"),
+        ({"FNTRAIN_MALLOC": "hugetlb", "JAX_PLATFORMS": "cpu"}, "",
+         "glibc malloc, defaults: FNTRAIN_MALLOC=hugetlb; but glibc.malloc.hugetlb=1 was not in GLIBC_TUNABLES when the "
+         "process started (fntrain train sets it)"),
     ],
 )
 def test_import_decides_and_says_why(env, code, expected):
