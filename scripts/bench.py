@@ -10,7 +10,10 @@ Each workload runs in fresh processes, interleaved within each of ``--rounds`` r
     imports fntrain, i.e. what a user gets with the defaults of a plain Python process;
   * "fntrain": a process that imports fntrain (so fntrain's allocator setting is in force) and
     times, in the same process, the hand-written step again, fntrain's step with K=1 and
-    K=`--fuse` fused steps, the end-to-end `fntrain.train` loop, and the K=1 step with bfloat16 compute (`fntrain.nn.mixed_precision`);
+    K=`--fuse` fused steps, the end-to-end `fntrain.train` loop followed by the K=1 step
+    again (the loop is compared with the mean of the two K=1 timings around it), and the K=1
+    step with bfloat16 compute (`fntrain.nn.mixed_precision`); it reports the convolution
+    kernels XLA:CPU was given (`fntrain/nn/conv_choice.py`) and the allocator setting;
   * "peer:NAME": one process per peer framework (never imports fntrain) that trains the same
     network, loss (softmax cross-entropy on integer labels, mean), optimizer (Adam, lr 1e-3)
     and batch, written the way a user of that framework writes it. JAX-based peers also time
@@ -294,11 +297,16 @@ def worker_fntrain(name: str, args) -> dict:
         steps=max(1, args.steps // fuse), windows=args.windows,
     )
     results["loop"], results["loop_dispatch"] = loop_rate(name, args, examples)
+    # K=1 again right after the loop: the loop is compared with the mean of the two K=1 timings
+    # around it, so a drift in the machine's speed during the worker hits both alike.
+    after, _ = rate(k1, jax.tree.map(jnp.copy, fresh()), batch, examples=examples, steps=args.steps, windows=args.windows)
+    results["loop_over_k1"] = results["loop"] / ((results["k1"] + after) / 2)
 
     # Mixed precision: bfloat16 compute over float32 master parameters (fntrain.nn.mixed_precision).
     bf16_loss_fn = ft.supervised_loss(ft.nn.mixed_precision(net, jnp.bfloat16), ft.losses.softmax_cross_entropy, metric_fns={})
     kb = ft.make_train_step(bf16_loss_fn, opt)
     results["k1_bf16"], _ = rate(kb, jax.tree.map(jnp.copy, fresh()), batch, examples=examples, steps=args.steps, windows=args.windows)
+    results["conv_kernels"] = ft.nn.conv_choice.choices()  # XLA:CPU's kernel per convolution shape
     return results
 
 
@@ -842,9 +850,10 @@ def measure(name: str, peers: list[str], args) -> dict:
     flops, peak = plain[0]["flops_per_example"], med(plain, "matmul")
     row = {"workload": name, "baseline": base, "peak": peak,
            "roofline": base * flops / peak if flops else float("nan")}
-    for key in ("hand_same_process", "k1", "fused", "loop", "k1_bf16", "fused_compile_s"):
+    for key in ("hand_same_process", "k1", "fused", "loop", "loop_over_k1", "k1_bf16", "fused_compile_s"):
         row[key] = med(ours, key)
     row["allocator"] = ours[0]["allocator"]
+    row["conv_kernels"] = ours[-1]["conv_kernels"]
     row["loop_dispatch"] = [r["loop_dispatch"] for r in ours]
     row["peers"] = {}
     for peer in peers:
@@ -919,15 +928,20 @@ def print_tables(rows: list[dict], peers: list[str], args) -> None:
     print(f"\nexamples/s (medians), ratio to the hand-written step in a plain process; matmul roofline {peak / 1e9:.0f} GFLOP/s\n")
     table(
         ["workload", "hand-written, plain process", "hand-written, fntrain process", "fntrain K=1", f"fntrain K={args.fuse}",
-         "fntrain loop (auto)", "fntrain K=1 bf16", "K=1 / same-process hand", "loop / K=1", "fused compile"],
+         "fntrain loop (auto)", "fntrain K=1 bf16", "K=1 / same-process hand", "loop / K=1 around it", "fused compile"],
         [
             [r["workload"], baseline(r), f"{r['hand_same_process'] / r['baseline']:.2f}", f"{r['k1'] / r['baseline']:.2f}",
              f"{r['fused'] / r['baseline']:.2f}", f"{r['loop'] / r['baseline']:.2f}", f"{r['k1_bf16'] / r['baseline']:.2f}",
-             f"{r['k1'] / r['hand_same_process']:.2f}", f"{r['loop'] / r['k1']:.2f}", f"{r['fused_compile_s']:.1f} s"]
+             f"{r['k1'] / r['hand_same_process']:.2f}", f"{r['loop_over_k1']:.2f}", f"{r['fused_compile_s']:.1f} s"]
             for r in rows
         ],
     )
     print(f"\nallocator in the fntrain process: {rows[0]['allocator']}; plain process: glibc malloc defaults")
+    for r in rows:
+        for shape, c in r["conv_kernels"].items():
+            if shape.startswith(f"x{shapes(r['workload'], args.tiny)[0]}x"):  # the training batch's
+                timed = ", ".join(f"{k} {v:.1f} ms" for k, v in c["ms"].items()) if c["ms"] else "not timed"
+                print(f"conv kernel on {r['workload']} {shape}: {c['kernel']} ({c['source']}: {timed})")
     print("loop.steps_per_dispatch: auto chose, per round: " + "; ".join(
         f"{r['workload']} " + ", ".join(describe_dispatch(c) for c in r["loop_dispatch"]) for r in rows))
 

@@ -80,10 +80,13 @@ def check_output(text, workloads, peers):
     assert re.search(r"^load average \(1 min\): \d+\.\d\d before, \d+\.\d\d after", text, re.M), text
     chosen = re.search(r"^loop.steps_per_dispatch: auto chose, per round: (.+)$", text, re.M)
     assert chosen and all(re.search(rf"\b{w} K=\d+ \(", chosen.group(1)) for w in workloads), text
+    if "W3" in workloads:  # its two convolutions, float32 and bfloat16 (conftest pins FNTRAIN_CONV=im2col)
+        kernels = re.findall(r"^conv kernel on W3 x8x28x28x\d+ w3x3x\d+x\d+ .+: im2col \(forced: not timed\)$", text, re.M)
+        assert len(kernels) == 4, text
 
 
 def test_tiny_without_peers():
-    check_output(run_bench("--workloads", "W1", "--peers", "none"), ["W1"], [])
+    check_output(run_bench("--workloads", "W1,W3", "--peers", "none"), ["W1", "W3"], [])
 
 
 @pytest.mark.skipif(not FAST_PEERS, reason="no peer framework installed (pip install -e .[bench])")
