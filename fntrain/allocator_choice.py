@@ -105,11 +105,11 @@ def measure(config_path: str, overrides: list[str], steps: int, say: Callable[[s
     return rates
 
 
-def remember(config, rates: dict[str, float]) -> str:
-    """Stores the choice from ``rates`` for the config's workload on this machine; returns it."""
+def remember(config, rates: dict[str, float]) -> tuple[str, bool]:
+    """Stores the choice from ``rates`` for the config's workload on this machine; returns it,
+    and whether it could be stored."""
     mode = choose(rates)
-    tuning.store(CACHE_KIND, workload_key(config), {"mode": mode, "examples_per_second": rates})
-    return mode
+    return mode, tuning.store(CACHE_KIND, workload_key(config), {"mode": mode, "examples_per_second": rates})
 
 
 def measured(config) -> Optional[str]:

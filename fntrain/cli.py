@@ -188,9 +188,12 @@ def _tune(args) -> int:
     if config is None:
         return 0
     rates = allocator_choice.measure(args.config, args.overrides, args.steps, say=print)
-    mode = allocator_choice.remember(config, rates)
-    print(f"fastest here: FNTRAIN_MALLOC={mode}; `fntrain train {args.config}` will use it on this machine "
-          f"(kept in {allocator_choice.tuning.cache_dir()})")
+    mode, kept = allocator_choice.remember(config, rates)
+    where = allocator_choice.tuning.cache_dir()
+    if not kept:
+        return _fail(f"fastest here: FNTRAIN_MALLOC={mode}, but it could not be kept in {where} (not writable? "
+                     "set FNTRAIN_CACHE_DIR, or set FNTRAIN_MALLOC yourself)", EXIT_USAGE)
+    print(f"fastest here: FNTRAIN_MALLOC={mode}; `fntrain train {args.config}` will use it on this machine (kept in {where})")
     return 0
 
 

@@ -109,3 +109,14 @@ def test_the_hugetlb_environment_puts_the_heap_on_huge_pages():
     env = allocator_choice.environment("hugetlb", {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
     huge_kb = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
     assert huge_kb >= 128 << 10  # most of the 256 MiB block
+
+
+def test_tune_says_in_one_line_when_its_answer_cannot_be_kept(monkeypatch, tmp_path, capsys):
+    from fntrain import cli as fntrain_cli
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FNTRAIN_CACHE_DIR", str(tmp_path / "file" / "cache"))  # under a file: cannot be made
+    monkeypatch.setattr(allocator_choice, "measure", lambda *args, say: {"tuned": 1.0, "system": 2.0})
+    assert fntrain_cli.main(["tune", CONFIG]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fastest here: FNTRAIN_MALLOC=system, but it could not be kept in ") and err.count("\n") == 1
