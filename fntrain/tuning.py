@@ -1,7 +1,7 @@
 """Measured choices kept per machine: which of several equivalent ways runs fastest here.
 
 What is fastest differs from machine to machine (the same convolution ran 6x faster as one
-matmul on one 2-core machine and lost to XLA's own kernel on another), so fntrain times the
+matmul than as XLA's own kernel on one 2-core machine, and 1.2x on another), so fntrain times the
 candidates once and keeps the answer in a small JSON file per kind of choice, under the
 user's cache directory: ``$FNTRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fntrain``, else
 ``~/.cache/fntrain``. Each answer is filed under :func:`machine`, so a cache copied to, or

@@ -12,9 +12,10 @@ a convolution of a given shape is traced for XLA:CPU, :func:`cpu_kernel` compile
 and backward pass of each candidate for that shape, times them on random data (the best of a
 few runs), and keeps the faster one in memory and in the cache of :mod:`fntrain.tuning`
 (``conv_kernels.json``, per machine), so later processes on this machine read it. XLA's
-kernel is chosen only where it is at least :data:`MARGIN` times faster: a close call stays
-with im2col, so two timings on one machine do not flip it and resumed runs compile the same
-program. Timing costs a few compilations per new shape (a second or two for a small CNN).
+kernel is chosen only where it is at least :data:`MARGIN` times faster, so a close call stays
+with im2col; the cache keeps a machine's answer, so later runs there (resumed ones included)
+compile the same program. Timing costs two compilations and a few runs per new shape (a
+second or two for a small CNN).
 
 ``FNTRAIN_CONV=im2col`` or ``FNTRAIN_CONV=xla`` forces a kernel for every shape; unset or
 ``auto`` times. Nothing is timed (im2col is used) where JAX's default backend is not the CPU
